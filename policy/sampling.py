@@ -1,0 +1,56 @@
+"""Rollouts: run the flow-SDE sampler over a policy and keep what GRPO needs to re-score it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from algorithms.flow_sde import sde_step_with_logprob
+from policy.wan import VideoPolicy
+
+
+@dataclass
+class Trajectories:
+    """A batch of rollouts. latents[:, j] is the state before step j; latents[:, -1] is x0."""
+
+    prompts: list[str]
+    text_embeds: torch.Tensor  # [B, L, D]
+    latents: torch.Tensor  # [B, S + 1, C, T', H', W']
+    log_probs: torch.Tensor  # [B, S] log-density of each step under the sampling policy
+    sigmas: torch.Tensor  # [S + 1]
+    videos: torch.Tensor  # uint8 [B, T, H, W, 3]
+    noise_level: float
+    weights_version: int = -1
+
+
+@torch.no_grad()
+def sample_trajectories(
+    policy: VideoPolicy,
+    prompts: list[str],
+    sigmas: torch.Tensor,
+    noise_level: float,
+    video_shape: tuple[int, int, int],
+    generator: torch.Generator,
+    decode: bool = True,
+) -> Trajectories:
+    """Sample one video per prompt with the reverse SDE (noise_level=0: the deterministic ODE)."""
+    text_embeds = policy.encode_prompts(prompts)
+    latent_shape = policy.latent_shape(*video_shape)
+    x = torch.randn((len(prompts), *latent_shape), generator=generator)
+    states, log_probs = [x], []
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        velocity = policy.velocity(x, sigma, text_embeds)
+        x, log_prob, _, _ = sde_step_with_logprob(velocity, x, sigma, sigma_next, noise_level, generator=generator)
+        states.append(x)
+        log_probs.append(log_prob)
+    videos = policy.decode_latents(x) if decode else torch.zeros((len(prompts), *video_shape, 3))
+    return Trajectories(
+        prompts=list(prompts),
+        text_embeds=text_embeds,
+        latents=torch.stack(states, dim=1),
+        log_probs=torch.stack(log_probs, dim=1),
+        sigmas=sigmas,
+        videos=(videos * 255).round().to(torch.uint8),
+        noise_level=noise_level,
+    )
