@@ -1,0 +1,139 @@
+"""ViPO: spatiotemporal advantage maps (report §3.2, eq. 2).
+
+A scalar GRPO advantage tells the policy THAT a video was worse than its group, not WHERE. ViPO
+lifts it to a map: a frozen backbone (the Perceptual Structuring Module; DINOv2/VideoMAE on real
+runs, `pixel_feature_extractor` in the toy world) embeds every video of a prompt group, and the
+positions where a video departs from its group's consensus are where the reward difference most
+plausibly comes from. The surrogate then weights each latent element's policy ratio by M * A:
+
+    L_ViPO = E[ sum_{t,h,w} M_i^(t,h,w) * A_i * log pi_theta(v_i) ]          (report eq. 2)
+
+in the PPO/GRPO clipped form. Pipeline: features -> advantage_map_from_features ->
+normalize_and_mix -> resample_to_latent -> vipo_surrogate.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+_CONSENSUS = ("median", "mean")
+_METRICS = ("cosine", "l2")
+
+
+def advantage_map_from_features(
+    features: torch.Tensor,
+    consensus: str = "median",
+    metric: str = "cosine",
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Raw map M >= 0 of how far each video departs from its group's consensus, per position.
+
+    features: [G, T, h, w, D] for one prompt group, or [P, G, T, h, w, D] for P groups.
+    consensus c^(t,h,w): elementwise median over the G videos (default; one defective video cannot
+    drag it, so only the defective video lights up) or mean.
+        metric="cosine": M_i = 1 - cos(F_i, c)   in [0, 2]; for backbone features (DINOv2).
+        metric="l2":     M_i = ||F_i - c||_2;     for low-dimensional raw features (pixels).
+    Returns [G, T, h, w] (or [P, G, T, h, w]).
+    """
+    if features.dim() not in (5, 6):
+        raise ValueError(f"features must be [G,T,h,w,D] or [P,G,T,h,w,D], got shape {tuple(features.shape)}")
+    if consensus not in _CONSENSUS:
+        raise ValueError(f"unknown consensus {consensus!r}; accepted: {_CONSENSUS}")
+    if metric not in _METRICS:
+        raise ValueError(f"unknown metric {metric!r}; accepted: {_METRICS}")
+    group_dim = features.dim() - 5
+    g = features.shape[group_dim]
+    if consensus == "mean":
+        centre = features.mean(dim=group_dim, keepdim=True)
+    else:  # true median (mean of the two middle values for even G); no size limit unlike quantile
+        ordered = features.sort(dim=group_dim).values
+        centre = 0.5 * (ordered.narrow(group_dim, (g - 1) // 2, 1) + ordered.narrow(group_dim, g // 2, 1))
+    if metric == "cosine":
+        similarity = F.cosine_similarity(features, centre.expand_as(features), dim=-1, eps=eps)
+        return (1.0 - similarity).clamp_min(0.0)
+    return (features - centre).norm(dim=-1)
+
+
+def normalize_and_mix(raw_map: torch.Tensor, lam: float, eps: float = 1e-12) -> torch.Tensor:
+    """M = (1 - lam) * 1 + lam * M_norm, with M_norm = raw / mean_{t,h,w}(raw) per video.
+
+    raw_map: [..., T, H, W]. Normalising to mean 1 keeps the total credit of each video equal to
+    its scalar advantage (sum_{t,h,w} M A = THW * A), so ViPO only redistributes it; lam blends
+    toward the plain uniform GRPO weighting (lam = 0 gives exactly ones). A video whose map is all
+    zero (it IS the consensus) gets the uniform map.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1] (larger values can make M negative), got {lam}")
+    mean = raw_map.mean(dim=(-3, -2, -1), keepdim=True)
+    normalised = torch.where(mean > eps, raw_map / mean.clamp_min(eps), torch.ones_like(raw_map))
+    return (1.0 - lam) * torch.ones_like(raw_map) + lam * normalised
+
+
+def resample_to_latent(
+    advantage_map: torch.Tensor, latent_shape: Sequence[int], mode: str = "area", eps: float = 1e-12
+) -> torch.Tensor:
+    """[B, T, H, W] -> [B, T', H', W'] on the latent grid the policy's log-probs live on.
+
+    "area" averages (mass-preserving on downsampling, the VAE's 4x temporal / 8x spatial case);
+    "trilinear" interpolates. Either way each video is re-normalised to mean 1 so the scalar
+    advantage's total credit is unchanged by the resampling.
+    """
+    if mode not in ("area", "trilinear"):
+        raise ValueError(f"unknown resample mode {mode!r}; accepted: ('area', 'trilinear')")
+    kwargs = {"align_corners": False} if mode == "trilinear" else {}
+    resized = F.interpolate(advantage_map[:, None], size=tuple(latent_shape), mode=mode, **kwargs)[:, 0]
+    mean = resized.mean(dim=(-3, -2, -1), keepdim=True)
+    return torch.where(mean > eps, resized / mean.clamp_min(eps), torch.ones_like(resized))
+
+
+def vipo_surrogate(
+    log_ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    advantage_map: torch.Tensor | None,
+    clip_range: float,
+) -> torch.Tensor:
+    """Clipped GRPO surrogate with a per-element advantage M * A (report eq. 2); scalar loss.
+
+    log_ratio: [B, C, T', H', W'] or [B, T', H', W'], per-element log pi_theta - log pi_old;
+    advantages: [B]; advantage_map: [B, T', H', W'] (broadcast over channels) or None (= ones).
+        r = exp(log_ratio),  a = M * A
+        loss = mean_B mean_elements( -min(r a, clip(r, 1 - eps, 1 + eps) a) )
+    With M = ones this is exactly the plain per-element clipped GRPO surrogate.
+    """
+    ratio = torch.exp(log_ratio)
+    shape = (advantages.shape[0],) + (1,) * (log_ratio.dim() - 1)
+    elem_adv = advantages.reshape(shape)
+    if advantage_map is not None:
+        if log_ratio.dim() == advantage_map.dim() + 1:  # [B, C, ...]: same map for every channel
+            advantage_map = advantage_map[:, None]
+        elem_adv = advantage_map * elem_adv
+    unclipped = ratio * elem_adv
+    clipped = ratio.clamp(1.0 - clip_range, 1.0 + clip_range) * elem_adv
+    per_element = -torch.minimum(unclipped, clipped)
+    return per_element.mean()  # = mean over elements, then over the batch (equal sizes)
+
+
+def pixel_feature_extractor(videos: torch.Tensor, patch: int) -> torch.Tensor:
+    """Cheap fixed features for the toy world: [B, T, H, W, 3] -> [B, T, H//patch, W//patch, 5].
+
+    Per patch: mean colour (3), RMS spatial gradient (1, texture/edges) and RMS change from the
+    previous frame (1, motion/flicker; 0 on frame 0), all in pixel units so the "l2" metric of
+    `advantage_map_from_features` weighs them alike. Trailing pixels beyond a whole patch are
+    dropped. Stands in for the frozen DINOv2/VideoMAE backbone of report §3.2 where none is loaded.
+    """
+    if videos.dim() != 5 or videos.shape[-1] != 3:
+        raise ValueError(f"videos must be [B, T, H, W, 3], got shape {tuple(videos.shape)}")
+    b, t, h, w, _ = videos.shape
+    x = videos.float().permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
+    grad_x = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))
+    grad_y = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))
+    change = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:] - x[:, :-1]], dim=1)
+    per_pixel = torch.cat(
+        [x, (grad_x**2 + grad_y**2).mean(dim=2, keepdim=True), (change**2).mean(dim=2, keepdim=True)], dim=2
+    )
+    pooled = F.avg_pool2d(per_pixel.reshape(b * t, 5, h, w), patch)
+    pooled = torch.cat([pooled[:, :3], pooled[:, 3:].sqrt()], dim=1)  # energies -> RMS magnitudes
+    return pooled.reshape(b, t, 5, h // patch, w // patch).permute(0, 1, 3, 4, 2)

@@ -1,0 +1,106 @@
+"""ViPO (report §3.2, eq. 2): advantage maps and the map-weighted clipped surrogate."""
+
+import pytest
+import torch
+
+from algorithms.vipo import (
+    advantage_map_from_features,
+    normalize_and_mix,
+    pixel_feature_extractor,
+    resample_to_latent,
+    vipo_surrogate,
+)
+
+
+def _assert_close(actual, expected, rtol=1e-6, atol=1e-7):
+    """torch.allclose with a readable failure (torch.testing's first call costs ~0.3 s)."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), (actual - expected).abs().max()
+
+
+def _plain_grpo_surrogate(log_ratio, advantages, clip_range):
+    ratio = log_ratio.exp()
+    a = advantages.reshape((-1,) + (1,) * (log_ratio.dim() - 1))
+    return -torch.minimum(ratio * a, ratio.clamp(1 - clip_range, 1 + clip_range) * a).mean()
+
+
+def _group_features(g=4, t=3, h=6, w=6, d=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(t, h, w, d, generator=gen)
+    return base + 0.05 * torch.randn(g, t, h, w, d, generator=gen)
+
+
+@pytest.mark.parametrize("channels", [False, True])
+def test_lam_zero_is_plain_grpo_surrogate(channels):
+    gen = torch.Generator().manual_seed(1)
+    shape = (4, 2, 3, 5, 5) if channels else (4, 3, 5, 5)
+    log_ratio = 0.3 * torch.randn(shape, generator=gen)
+    advantages = torch.randn(4, generator=gen)
+    raw = advantage_map_from_features(_group_features(g=4, t=3, h=5, w=5))
+    ones = normalize_and_mix(raw, lam=0.0)
+    assert torch.equal(ones, torch.ones_like(raw))
+    loss = vipo_surrogate(log_ratio, advantages, ones, clip_range=0.2)
+    assert torch.equal(loss, _plain_grpo_surrogate(log_ratio, advantages, 0.2))
+    assert torch.equal(vipo_surrogate(log_ratio, advantages, None, 0.2), loss)
+
+
+def test_map_weights_the_policy_gradient():
+    """At ratio 1 the gradient wrt each element's log-ratio is -M * A / (elements * B)."""
+    advantages = torch.tensor([1.5, -0.5])
+    adv_map = normalize_and_mix(torch.rand(2, 2, 3, 3), lam=0.7)
+    log_ratio = torch.zeros(2, 2, 3, 3, requires_grad=True)
+    vipo_surrogate(log_ratio, advantages, adv_map, clip_range=0.2).backward()
+    expected = -adv_map * advantages[:, None, None, None] / (18 * 2)
+    _assert_close(log_ratio.grad, expected)
+
+
+def test_normalized_map_has_mean_one():
+    raw = advantage_map_from_features(_group_features(g=5).unsqueeze(0).repeat(2, 1, 1, 1, 1, 1))
+    assert raw.shape == (2, 5, 3, 6, 6) and raw.min() >= 0
+    for lam in (0.0, 0.3, 1.0):
+        mixed = normalize_and_mix(raw, lam)
+        _assert_close(mixed.mean(dim=(-3, -2, -1)), torch.ones(2, 5))
+    flat = normalize_and_mix(torch.zeros(2, 3, 4, 4), lam=1.0)  # no deviation at all -> uniform
+    assert torch.equal(flat, torch.ones_like(flat))
+    with pytest.raises(ValueError, match="lam"):
+        normalize_and_mix(raw, lam=1.5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("consensus", ["median", "mean"])
+def test_localized_defect_lights_up(metric, consensus):
+    feats = _group_features(g=5)
+    gen = torch.Generator().manual_seed(9)
+    feats[2, 1, 2:4, 3:5] = torch.randn(2, 2, 16, generator=gen)  # video 2, frame 1, a 2x2 patch
+    raw = advantage_map_from_features(feats, consensus=consensus, metric=metric)
+    region = torch.zeros(3, 6, 6, dtype=torch.bool)
+    region[1, 2:4, 3:5] = True
+    peak = torch.zeros(3 * 6 * 6, dtype=torch.bool)
+    peak[raw[2].flatten().argmax()] = True
+    assert bool((peak.reshape(3, 6, 6) & region).any())
+    assert raw[2][region].min() > raw[2][~region].max()
+    if consensus == "median":  # the robust consensus keeps the others dark there
+        others = raw[[0, 1, 3, 4]]
+        assert raw[2][region].min() > 5 * others.max()
+
+
+def test_pixel_features_find_the_blob():
+    videos = torch.full((4, 3, 16, 16, 3), 0.5)
+    videos[..., 0] = torch.linspace(0, 1, 16)  # shared horizontal ramp in red
+    videos[1, 2, 8:12, 4:8] = torch.tensor([1.0, 0.0, 0.0])  # a defect in video 1, frame 2
+    feats = pixel_feature_extractor(videos, patch=4)
+    assert feats.shape == (4, 3, 4, 4, 5)
+    raw = advantage_map_from_features(feats, metric="l2")
+    flat = int(raw[1].argmax())
+    assert (flat // 16, flat % 16 // 4, flat % 4) == (2, 2, 1)  # frame 2, patch row 2, patch col 1
+    assert raw[[0, 2, 3]].max() == 0
+
+
+@pytest.mark.parametrize("mode", ["area", "trilinear"])
+def test_resample_keeps_mean_one_and_shape(mode):
+    adv_map = normalize_and_mix(torch.rand(3, 9, 16, 16) ** 4, lam=0.8)
+    latent = resample_to_latent(adv_map, (3, 4, 4), mode=mode)
+    assert latent.shape == (3, 3, 4, 4)
+    _assert_close(latent.mean(dim=(-3, -2, -1)), torch.ones(3))
+    up = resample_to_latent(adv_map, (9, 32, 32), mode=mode)
+    _assert_close(up.mean(dim=(-3, -2, -1)), torch.ones(3))
