@@ -87,9 +87,12 @@ class PoolConfig(Section):
 class PretrainConfig(Section):
     """Base-model training on the toy world: the VAE first, then the transformer on its latents."""
 
-    vae_steps: int = Field(1500, ge=0)
+    vae_steps: int = Field(600, ge=0)
+    vae_clip_frames: int = Field(5, ge=1)
     transformer_steps: int = Field(3000, ge=0)
-    batch_size: int = Field(16, ge=1)
+    dataset_clips: int = Field(2048, ge=1)
+    batch_size: int = Field(8, ge=1)
+    transformer_batch_size: int = Field(32, ge=1)
     vae_lr: float = Field(2e-3, gt=0)
     transformer_lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)

@@ -26,7 +26,7 @@ class TinyDims:
     """Sizes of the `tiny` preset: about 0.3M transformer and 0.2M VAE parameters."""
 
     latent_channels: int = 8
-    vae_base_dim: int = 12
+    vae_base_dim: int = 8
     heads: int = 4
     head_dim: int = 16
     layers: int = 2

@@ -1,0 +1,21 @@
+"""The toy world's verifiable judges behind the critic interface (the VLM judge's stand-in)."""
+
+from __future__ import annotations
+
+import torch
+
+from reward_services.base import Critic, CriticOutput, register_critic
+from toyworld.judges import judge_all
+
+TOY_SCORES = ("color", "shape", "motion", "smoothness", "count", "overall")
+
+
+@register_critic
+class ToyJudges(Critic):
+    """Scores colour, shape, motion direction, count and smoothness from pixels against the prompt."""
+
+    name = "toy_judges"
+    score_names = TOY_SCORES
+
+    def _score(self, videos: torch.Tensor, prompts: list[str], first_frames) -> CriticOutput:
+        return CriticOutput(scores={key: value.float() for key, value in judge_all(videos, prompts).items()})
