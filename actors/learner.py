@@ -8,8 +8,10 @@ import math
 import torch
 
 from algorithms.flow_sde import sde_step_with_logprob
-from algorithms.grpo import clipped_surrogate, gaussian_mean_kl, select_train_timesteps
+from algorithms.grpo import SurrogateTerms, clipped_surrogate, gaussian_mean_kl, select_train_timesteps
+from algorithms.vipo import vipo_surrogate
 from cluster.config import TeleBoostConfig
+from policy.psm import PerceptualStructuringModule
 from policy.sampling import Trajectories
 from policy.wan import build_policy, select_trainable, trainable_state
 
@@ -29,6 +31,7 @@ class PolicyLearner:
         self.params = select_trainable(self.policy, config.policy.trainable, config.policy.lora_rank)
         self.optimizer = torch.optim.AdamW(self.params, lr=config.grpo.learning_rate, weight_decay=0.0)
         self.version = 0
+        self.psm: PerceptualStructuringModule | None = None
 
     def get_weights(self) -> tuple[dict[str, torch.Tensor], int]:
         return trainable_state(self.policy), self.version
@@ -40,61 +43,89 @@ class PolicyLearner:
         seed: int,
         sample_weights: torch.Tensor | None = None,
     ) -> dict[str, float]:
-        """One GRPO update on a batch of rollouts (inner epochs × shuffled minibatches of one group each)."""
+        """One GRPO update: inner epochs × shuffled minibatches of `group_size` samples, each
+        accumulating the surrogate over a random subset of denoising steps before one optimizer step.
+
+        Non-finite losses or gradients skip that optimizer step (counted), so they never reach
+        the weights.
+        """
         cfg = self.config.grpo
         generator = torch.Generator().manual_seed(seed)
         num_steps = trajectories.log_probs.shape[1]
         batch = trajectories.latents.shape[0]
+        advantage_maps = self._advantage_maps(trajectories)
         self.policy.transformer.train()
-        totals: dict[str, float] = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "ratio": 0.0, "grad_norm": 0.0}
-        updates = 0
-        skipped = 0
+        keys = ("loss", "kl", "clip_fraction", "ratio")
+        totals = dict.fromkeys((*keys, "grad_norm"), 0.0)
+        updates = skipped = 0
         for _ in range(cfg.inner_epochs):
             train_steps = select_train_timesteps(num_steps, cfg.timestep_fraction, generator)
             for minibatch in torch.randperm(batch, generator=generator).split(cfg.group_size):
                 self.optimizer.zero_grad(set_to_none=True)
-                terms_sum = dict.fromkeys(("loss", "kl", "clip_fraction", "ratio"), 0.0)
+                step_sums = dict.fromkeys(keys, 0.0)
                 for j in train_steps:
-                    terms = self._step_terms(trajectories, advantages, sample_weights, minibatch, j)
+                    terms = self._step_terms(trajectories, advantages, sample_weights, advantage_maps, minibatch, j)
                     (terms.loss / len(train_steps)).backward()
-                    for key, value in zip(("loss", "kl", "clip_fraction", "ratio"),
-                                          (terms.loss, terms.kl, terms.clip_fraction, terms.ratio_mean)):
-                        terms_sum[key] += value.item() / len(train_steps)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                if not math.isfinite(grad_norm.item()) or not math.isfinite(terms_sum["loss"]):
-                    skipped += 1  # never let a non-finite update reach the weights
+                    for key, value in zip(keys, (terms.loss, terms.kl, terms.clip_fraction, terms.ratio_mean)):
+                        step_sums[key] += value.item() / len(train_steps)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm).item()
+                if not (math.isfinite(grad_norm) and math.isfinite(step_sums["loss"])):
+                    skipped += 1
                     self.optimizer.zero_grad(set_to_none=True)
                     continue
                 self.optimizer.step()
                 updates += 1
-                for key, value in terms_sum.items():
+                for key, value in step_sums.items():
                     totals[key] += value
-                totals["grad_norm"] += grad_norm.item()
+                totals["grad_norm"] += grad_norm
         self.policy.transformer.eval()
         self.version += 1
         metrics = {key: value / max(updates, 1) for key, value in totals.items()}
         metrics.update(optimizer_steps=updates, skipped_updates=skipped, version=self.version)
         return metrics
 
-    def _step_terms(self, trajectories, advantages, sample_weights, index, j):
+    def _advantage_maps(self, trajectories: Trajectories) -> torch.Tensor | None:
+        """ViPO maps on the latent grid (report §3.2), or None when lam = 0 (plain GRPO exactly)."""
+        vipo = self.config.grpo.vipo
+        if vipo.lam == 0:
+            return None
+        if self.psm is None:
+            self.psm = PerceptualStructuringModule(vipo.backbone, vipo.backbone_path, vipo.patch)
+        latent_thw = tuple(trajectories.latents.shape[-3:])
+        return self.psm.advantage_maps(trajectories.videos.float() / 255, self.config.grpo.group_size, vipo.lam, latent_thw)
+
+    def _step_terms(self, trajectories, advantages, sample_weights, advantage_maps, index, j) -> SurrogateTerms:
         x = trajectories.latents[index, j]
         sigma, sigma_next = trajectories.sigmas[j], trajectories.sigmas[j + 1]
         text = trajectories.text_embeds[index]
-        velocity = self.policy.velocity(x, sigma, text)
+        per_element = advantage_maps is not None
         step = sde_step_with_logprob(
-            velocity, x, sigma, sigma_next, trajectories.noise_level, prev_sample=trajectories.latents[index, j + 1]
+            self.policy.velocity(x, sigma, text), x, sigma, sigma_next, trajectories.noise_level,
+            prev_sample=trajectories.latents[index, j + 1], per_element=per_element,
         )
         kl = None
         if self.reference is not None:
             with torch.no_grad():
                 ref_velocity = self.reference.velocity(x, sigma, text)
-                ref_mean = sde_step_with_logprob(ref_velocity, x, sigma, sigma_next, trajectories.noise_level,
-                                                 prev_sample=trajectories.latents[index, j + 1]).mean
+            ref_mean = sde_step_with_logprob(ref_velocity, x, sigma, sigma_next, trajectories.noise_level,
+                                             prev_sample=trajectories.latents[index, j + 1]).mean
             kl = gaussian_mean_kl(step.mean, ref_mean, step.std)
         cfg = self.config.grpo
-        return clipped_surrogate(
-            step.log_prob, trajectories.log_probs[index, j], advantages[index], cfg.clip_range, cfg.adv_clip_max,
-            kl=kl, kl_beta=cfg.kl_beta, sample_weights=None if sample_weights is None else sample_weights[index],
+        weights = None if sample_weights is None else sample_weights[index]
+        if not per_element:
+            return clipped_surrogate(step.log_prob, trajectories.log_probs[index, j], advantages[index],
+                                     cfg.clip_range, cfg.adv_clip_max, kl=kl, kl_beta=cfg.kl_beta, sample_weights=weights)
+        # ViPO: per-element ratios weighted by M·A (report eq. 2); positive BPGO trust folds into A.
+        sample_advantages = advantages[index].clamp(-cfg.adv_clip_max, cfg.adv_clip_max)
+        if weights is not None:
+            sample_advantages = sample_advantages * weights
+        log_ratio = step.log_prob - trajectories.log_prob_maps[index, j]
+        policy_loss = vipo_surrogate(log_ratio, sample_advantages, advantage_maps[index], cfg.clip_range)
+        kl_mean = kl.mean() if kl is not None else torch.zeros(())
+        ratio = log_ratio.detach().exp()
+        return SurrogateTerms(
+            policy_loss + cfg.kl_beta * kl_mean, policy_loss.detach(), kl_mean.detach(),
+            ((ratio - 1).abs() > cfg.clip_range).float().mean(), ratio.mean(),
         )
 
     # -- state ------------------------------------------------------------------------------

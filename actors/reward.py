@@ -6,6 +6,7 @@ import torch
 
 from cluster.config import RewardsConfig
 from reward_services.base import build_critic
+from reward_services.critics.safety import apply_gate
 
 
 class RewardActor:
@@ -26,13 +27,15 @@ class RewardActor:
         return True
 
 
-def scalar_reward(scores: dict[str, torch.Tensor], rewards: RewardsConfig) -> torch.Tensor:
-    """Σ weight · score over the configured critics, each critic contributing its `keys` entry."""
-    total = None
-    for spec in rewards.critics:
-        key = f"{spec.name}.{rewards.keys.get(spec.name, spec.name)}"
-        if key not in scores:
-            raise KeyError(f"rewards.keys names {key!r}, but the critics returned {sorted(scores)}")
-        term = spec.weight * scores[key]
-        total = term if total is None else total + term
-    return total
+def component_rewards(scores: dict[str, torch.Tensor], rewards: RewardsConfig) -> tuple[dict[str, torch.Tensor], int]:
+    """({component: Tensor[B]}, number of gated samples): each component's configured score, with
+    samples flagged by the `gate` score forced to the floor in every component."""
+    missing = [c.score for c in rewards.components.values() if c.score not in scores]
+    if missing:
+        raise KeyError(f"reward components name {missing}, but the critics returned {sorted(scores)}")
+    components = {name: scores[c.score].float() for name, c in rewards.components.items()}
+    if rewards.gate is None:
+        return components, 0
+    gated = scores[rewards.gate] > 0.5
+    components = {name: apply_gate(value, gated, rewards.gate_floor)[0] for name, value in components.items()}
+    return components, int(gated.sum())

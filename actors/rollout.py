@@ -43,6 +43,7 @@ class RolloutActor:
         trajectories = sample_trajectories(
             self.policy, repeated, self.sigmas, self.config.sampling.noise_level,
             (world.num_frames, world.height, world.width), torch.Generator().manual_seed(seed),
+            keep_log_prob_maps=self.config.grpo.vipo.lam > 0,
         )
         trajectories.weights_version = self.weights_version
         return trajectories.videos, trajectories

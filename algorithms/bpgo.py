@@ -22,6 +22,8 @@ from typing import Any, Iterable, NamedTuple
 
 import torch
 
+from algorithms.grpo import group_advantages
+
 _RULES = ("ema", "bayes", "frozen")
 
 
@@ -33,16 +35,6 @@ class PriorStats(NamedTuple):
 class BPGOAdvantages(NamedTuple):
     advantages: torch.Tensor  # [P, G]
     group_weights: torch.Tensor  # [P]; the loss of group p is multiplied by group_weights[p]
-
-
-def group_advantages(group_rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Plain GRPO advantages (report eq. 1): (r - mean) / (std + eps), population std per group.
-
-    Same formula as `algorithms.grpo.group_advantages`; kept here so BPGO stays importable alone.
-    """
-    mean = group_rewards.mean(dim=-1, keepdim=True)
-    std = group_rewards.std(dim=-1, keepdim=True, correction=0)
-    return (group_rewards - mean) / (std + eps)
 
 
 # --------------------------------------------------------------------------------------------

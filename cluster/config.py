@@ -65,16 +65,49 @@ class SamplingConfig(Section):
 
 
 class CriticSpec(Section):
+    """A critic to build by its registered name, with constructor options."""
+
     name: str
-    weight: float = Field(1.0, ge=0)
     options: dict = Field(default_factory=dict)
 
 
+class RewardComponent(Section):
+    """One reward the trainer optimises: a critic's score (`critic.score`) with a weight."""
+
+    score: str
+    weight: float = Field(1.0, ge=0)
+
+
 class RewardsConfig(Section):
-    """Which critics score rollouts; the scalar reward is Σ weight·score of each critic's `key`."""
+    """Which critics score rollouts, and which of their scores are the reward components.
+
+    With one component the reward is that score; with several, `grpo.joint_reward.mode`
+    decides how they combine (report §3.5). `gate` names a score (e.g. `safety.gated`) whose
+    truthy samples get the reward floor (report §5.1, item 3).
+    """
 
     critics: tuple[CriticSpec, ...] = (CriticSpec(name="toy_judges"),)
-    keys: dict[str, str] = Field(default_factory=lambda: {"toy_judges": "overall"})
+    components: dict[str, RewardComponent] = Field(
+        default_factory=lambda: {"overall": RewardComponent(score="toy_judges.overall")}
+    )
+    gate: str | None = None
+    gate_floor: float = 0.0
+
+    @model_validator(mode="after")
+    def _components_name_configured_critics(self):
+        names = {spec.name for spec in self.critics}
+        if not self.components:
+            raise ValueError("rewards.components must name at least one score")
+        for label, component in {**self.components, "gate": RewardComponent(score=self.gate or "")}.items():
+            if label == "gate" and not self.gate:
+                continue
+            critic = component.score.split(".", 1)[0]
+            if "." not in component.score or critic not in names:
+                raise ValueError(
+                    f"rewards.components.{label}.score={component.score!r} must be 'critic.score' "
+                    f"with critic among the configured critics {sorted(names)}"
+                )
+        return self
 
 
 class PoolConfig(Section):
@@ -99,6 +132,64 @@ class PretrainConfig(Section):
     eval_prompts: int = Field(32, ge=1)
 
 
+class JointRewardConfig(Section):
+    """How several reward components become one advantage (report §3.5).
+
+    weighted_sum: Σ w_i r_i, then group-normalised; advantage_sum: Σ w_i A_i (what peers do);
+    min_norm: Σ c_i A_i with c minimising ‖Σ c_i A_i‖² on the simplex (report eq. 4).
+    """
+
+    mode: Literal["weighted_sum", "advantage_sum", "min_norm"] = "weighted_sum"
+
+
+class BPGOConfig(Section):
+    """Prior-guided trust (report §3.3). Both switches off = plain GRPO exactly."""
+
+    ras: bool = False
+    crt: bool = False
+    prior_rule: Literal["ema", "bayes", "frozen"] = "ema"
+    prior_momentum: float = Field(0.9, ge=0, lt=1)
+    prior_groups: int = Field(1, ge=0, description="reference groups sampled per prompt before training")
+    alpha: float = Field(1.0, ge=0)
+    gamma: float = Field(1.0, ge=0)
+    w_min: float = Field(0.2, gt=0, le=1)
+    w_max: float = Field(3.0, ge=1)
+    margin: float = Field(1.0, ge=0)
+    stretch: float = Field(1.5, ge=1)
+    compress: float = Field(0.5, gt=0, le=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.ras or self.crt
+
+
+class ViPOConfig(Section):
+    """Spatiotemporal advantage maps (report §3.2). lam = 0 is plain GRPO exactly."""
+
+    lam: float = Field(0.0, ge=0, le=1)
+    backbone: Literal["pixel", "dinov2"] = "pixel"
+    backbone_path: str | None = None
+    patch: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _dinov2_needs_path(self):
+        if self.backbone == "dinov2" and not self.backbone_path:
+            raise ValueError("grpo.vipo.backbone_path is required for the dinov2 backbone")
+        return self
+
+
+class SelfPacedConfig(Section):
+    """Reward curriculum (report §3.4): `reward_phases` maps each reward component to a phase."""
+
+    enabled: bool = False
+    reward_phases: dict[str, Literal["visual_fidelity", "temporal_coherence", "semantic_alignment"]] = Field(default_factory=dict)
+    window: int = Field(4, ge=1)
+    std_threshold: float = Field(0.05, ge=0)
+    saturation_threshold: float | None = None
+    patience: int = Field(2, ge=1)
+    floor: float = Field(0.1, ge=0, lt=1)
+
+
 class GRPOConfig(Section):
     steps: int = Field(40, ge=1)
     prompts_per_step: int = Field(4, ge=1)
@@ -113,6 +204,10 @@ class GRPOConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
+    joint_reward: JointRewardConfig = JointRewardConfig()
+    bpgo: BPGOConfig = BPGOConfig()
+    vipo: ViPOConfig = ViPOConfig()
+    self_paced: SelfPacedConfig = SelfPacedConfig()
 
     @field_validator("clip_range")
     @classmethod
@@ -132,6 +227,18 @@ class TeleBoostConfig(Section):
     pool: PoolConfig = PoolConfig()
     pretrain: PretrainConfig = PretrainConfig()
     grpo: GRPOConfig = GRPOConfig()
+
+    @model_validator(mode="after")
+    def _curriculum_names_components(self):
+        curriculum = self.grpo.self_paced
+        if curriculum.enabled:
+            unknown = set(curriculum.reward_phases) ^ set(self.rewards.components)
+            if unknown:
+                raise ValueError(
+                    f"grpo.self_paced.reward_phases must give a phase for exactly the reward components "
+                    f"{sorted(self.rewards.components)}; mismatched: {sorted(unknown)}"
+                )
+        return self
 
 
 class ConfigError(ValueError):

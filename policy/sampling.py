@@ -22,6 +22,7 @@ class Trajectories:
     videos: torch.Tensor  # uint8 [B, T, H, W, 3]
     noise_level: float
     weights_version: int = -1
+    log_prob_maps: torch.Tensor | None = None  # [B, S, C, T', H', W'] per-element, kept for ViPO
 
 
 @torch.no_grad()
@@ -33,16 +34,22 @@ def sample_trajectories(
     video_shape: tuple[int, int, int],
     generator: torch.Generator,
     decode: bool = True,
+    keep_log_prob_maps: bool = False,
 ) -> Trajectories:
     """Sample one video per prompt with the reverse SDE (noise_level=0: the deterministic ODE)."""
     text_embeds = policy.encode_prompts(prompts)
     latent_shape = policy.latent_shape(*video_shape)
     x = torch.randn((len(prompts), *latent_shape), generator=generator)
-    states, log_probs = [x], []
+    states, log_probs, log_prob_maps = [x], [], []
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         velocity = policy.velocity(x, sigma, text_embeds)
-        x, log_prob, _, _ = sde_step_with_logprob(velocity, x, sigma, sigma_next, noise_level, generator=generator)
+        x, log_prob, _, _ = sde_step_with_logprob(
+            velocity, x, sigma, sigma_next, noise_level, generator=generator, per_element=keep_log_prob_maps
+        )
         states.append(x)
+        if keep_log_prob_maps:
+            log_prob_maps.append(log_prob)
+            log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
         log_probs.append(log_prob)
     videos = policy.decode_latents(x) if decode else torch.zeros((len(prompts), *video_shape, 3))
     return Trajectories(
@@ -53,4 +60,5 @@ def sample_trajectories(
         sigmas=sigmas,
         videos=(videos * 255).round().to(torch.uint8),
         noise_level=noise_level,
+        log_prob_maps=torch.stack(log_prob_maps, dim=1) if keep_log_prob_maps else None,
     )

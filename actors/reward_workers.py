@@ -1,0 +1,735 @@
+"""Grouped joint reward: lightweight critics as separate worker processes run under quotas (report §6.1.2).
+
+`RewardWorker` is one Ray actor per lightweight critic. `RewardWorkerGroup` is what the driver
+holds for the joint-reward phase:
+
+1. `profile()` times every worker alone at each quota of a grid, C_w(q) (median of repeats after a
+   warm-up), and caches the result on disk (`run_dir/reward_profiles.json`, keyed by worker,
+   input shape and device) so later runs and phases reuse it; `refresh=True` re-measures.
+2. `plan()` hands the profiles to `schedulers.mps.plan_reward_groups`, which picks the partition
+   into groups and each worker's quota (report eqs. 7-9).
+3. `score()` runs the groups one after another and the members of a group at once (every member's
+   call is launched, then all are awaited), each member at its planned quota, and returns the scores
+   with a wall-clock timeline of who ran when (for the pool's utilisation accounting).
+
+A worker may always use less than its quota, and sometimes should: on a busy CPU a critic can run
+several times slower on all threads than on one (thread pools spin-waiting on taken cores). So once
+an input shape is profiled, a worker allotted q runs at the measured quota <= q that was fastest
+(`fastest_within`), and the planner is given that envelope C~(q) = min_{q' <= q} C(q'), which is
+non-increasing as the planner assumes. `fastest_within_quota=False` turns this off.
+
+What a quota is depends on the device:
+- CPU: the worker's share of the node's threads, `cpu_thread_share(quota, total_threads)`, applied
+  with `torch.set_num_threads` and `cv2.setNumThreads` before each call (`mps_status` "cpu-threads").
+- NVIDIA GPU: `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` under an MPS control daemon this group starts.
+  MPS reads the variable when the process creates its CUDA context, so a worker cannot change its
+  quota in place: the group replaces the worker process, with the new value in its Ray
+  `runtime_env`, whenever its planned quota changes (before the group's timed run starts). Workers
+  hold fractional, overlapping GPU shares (`num_gpus` < 1) so all of them live on one GPU. When MPS
+  cannot run (no binary, no GPU, daemon failed) the group falls back to plain concurrency: every
+  worker in ONE group, no enforced quota; `mps_status` says "fallback: <reason>", a warning is
+  logged and `metrics["mps_fallback"]` is 1. On GPUs the quota also sets the thread share, since
+  lightweight critics do part of their work on the CPU.
+
+Faults: workers are created with `max_restarts=-1` and no automatic task retry. A worker that dies
+mid-phase is restarted by Ray (or, if it is dead for good, replaced by the group) and only ITS call
+of the current group is submitted again; results are collected per worker and each worker's slot
+is filled exactly once, so no sample is lost or counted twice. Every recovery is counted in
+`metrics["worker_restarts"]`.
+
+Supports: any registered critic (`reward_services.base.build_critic`), several workers of the same
+critic under distinct worker names, placement on a `cluster.pool.Pool` bundle with the
+"reward_worker" share, or explicit Ray options.
+Does not: start MPS on other nodes (the daemon runs on the node of the process that builds the
+group, so on a multi-node cluster place the workers on that node's bundle), model interference
+between co-running workers beyond what the alone-profiles show (see `schedulers.mps`), or notice
+that critic options changed under an unchanged worker name (give the worker a new name, or profile
+with `refresh=True`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import ray
+import torch
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
+
+from cluster.mps_daemon import MPSDaemon, cpu_thread_share
+from cluster.pool import ROLE_SHARES
+from reward_services.base import build_critic
+from schedulers.mps import (
+    DEFAULT_QUOTA_GRID,
+    QUOTA_SUM_TOLERANCE,
+    ProfileCache,
+    RewardPlan,
+    plan_reward_groups,
+    runtime_at,
+)
+
+log = logging.getLogger("teleboost.reward_workers")
+
+DEVICES = ("cpu", "cuda")
+PROFILE_CACHE_NAME = "reward_profiles.json"
+# MPS takes whole percentages; a coarse grid keeps GPU profiling (one process start per quota) short.
+DEFAULT_CUDA_QUOTA_GRID: tuple[float, ...] = (0.2, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0)
+# A failed call is tried this many times in all before the phase gives up.
+DEFAULT_MAX_ATTEMPTS = 3
+# How long a recovering worker may take to answer a ping before the group replaces it.
+DEFAULT_RECOVERY_SECONDS = 120.0
+
+
+def cpu_quota_grid(total_threads: int) -> tuple[float, ...]:
+    """Quotas that give distinct thread counts on `total_threads` threads: k / total_threads.
+
+    Any other quota floors to one of these thread counts, so measuring them covers the grid.
+    On many-thread nodes only the counts `DEFAULT_QUOTA_GRID` maps to are kept, so profiling
+    stays a dozen measurements per worker.
+    """
+    threads = {cpu_thread_share(q, total_threads) for q in DEFAULT_QUOTA_GRID}
+    if total_threads <= len(DEFAULT_QUOTA_GRID):
+        threads = set(range(1, total_threads + 1))
+    return tuple(sorted(t / total_threads for t in threads))
+
+
+def _mps_percentage(quota: float) -> int:
+    """The whole percentage `MPSDaemon.worker_env` gives a quota (MPS takes integers >= 1)."""
+    return max(1, int(round(100 * quota)))
+
+
+def fastest_within(profile: Mapping[float, float], quota: float) -> float:
+    """The measured quota <= `quota` with the least seconds (ties: the larger quota); `quota`
+    itself when nothing at or below it was measured.
+
+    A worker allotted `quota` may always use less of it, and on a CPU fewer threads can be much
+    faster (oversubscribed or spin-waiting thread pools): a worker runs at this quota instead.
+    """
+    within = [q for q in profile if q <= quota + QUOTA_SUM_TOLERANCE]
+    if not within:
+        return quota
+    return min(within, key=lambda q: (profile[q], -q))
+
+
+def fastest_within_envelope(profile: Mapping[float, float]) -> dict[float, float]:
+    """C~(q) = min over measured q' <= q of C(q'): the runtime a worker that runs at
+    `fastest_within(profile, q)` has when allotted q. Non-increasing in q by construction, which
+    is what the planner assumes (`schedulers.mps` otherwise reads a faster low quota as noise)."""
+    return {q: profile[fastest_within(profile, q)] for q in sorted(profile)}
+
+
+# ---------------------------------------------------------------------------------------------
+# One worker process
+# ---------------------------------------------------------------------------------------------
+
+
+class WorkerRun(NamedTuple):
+    """One scored batch: scores keyed "worker.score", wall-clock start/end (time.time()), pid."""
+
+    scores: dict[str, torch.Tensor]
+    start: float
+    end: float
+    pid: int
+
+
+class RewardWorker:
+    """One lightweight critic in its own process; scores are returned as {"worker.score": Tensor[B]}.
+
+    worker: the name that prefixes the score keys (the critic's name unless two workers share one).
+    critic, critic_options: what `build_critic` builds.
+    device: "cpu" or "cuda"; on "cuda" the process's MPS quota is fixed by the
+        CUDA_MPS_ACTIVE_THREAD_PERCENTAGE it was started with, and `set_quota` refuses another one.
+    total_threads: threads a quota of 1.0 means (default: this node's CPU count).
+    quota: the quota to start at.
+    _crash_on_call: failure injection for tests only — the process exits (os._exit(1)) on this
+        call number of `score` in its first incarnation; a restarted process never crashes again.
+    """
+
+    def __init__(
+        self,
+        worker: str,
+        critic: str,
+        critic_options: Mapping[str, Any] | None = None,
+        device: str = "cpu",
+        total_threads: int | None = None,
+        quota: float = 1.0,
+        _crash_on_call: int | None = None,
+    ):
+        if device not in DEVICES:
+            raise ValueError(f"device={device!r} is not one of {DEVICES}")
+        self.worker = worker
+        self.device = device
+        self.critic = build_critic(critic, **dict(critic_options or {}))
+        self.total_threads = int(total_threads or os.cpu_count() or 1)
+        percentage = os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
+        self.mps_percentage = int(percentage) if device == "cuda" and percentage else None
+        self.calls = 0
+        self._crash_on_call = _crash_on_call
+        self.quota = 1.0
+        self.set_quota(quota)
+
+    def set_quota(self, quota: float) -> dict:
+        """Apply `quota` as this process's thread share; returns {"quota", "threads", "mps_percentage", "pid"}."""
+        threads = cpu_thread_share(quota, self.total_threads)  # validates quota in (0, 1]
+        if self.mps_percentage is not None and _mps_percentage(quota) != self.mps_percentage:
+            raise ValueError(
+                f"quota={quota}: this worker joined MPS at CUDA_MPS_ACTIVE_THREAD_PERCENTAGE="
+                f"{self.mps_percentage}, which MPS reads only when the CUDA context is created; start a new "
+                f"worker with MPSDaemon.worker_env({quota}) instead"
+            )
+        import cv2  # the flow and perceptual critics run OpenCV; its pool must shrink with torch's
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        self.quota = float(quota)
+        return {"quota": self.quota, "threads": threads, "mps_percentage": self.mps_percentage, "pid": os.getpid()}
+
+    def score(self, videos: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """{"worker.score": Tensor[B]} for every score the critic returns (as `RewardActor.score`)."""
+        self.calls += 1
+        if self._crash_on_call is not None and self.calls == self._crash_on_call and not _reconstructed():
+            os._exit(1)
+        output = self.critic.score(videos, list(prompts))
+        return {f"{self.worker}.{key}": value.float() for key, value in output.scores.items()}
+
+    def run(self, videos: torch.Tensor, prompts: Sequence[str], quota: float) -> WorkerRun:
+        """`set_quota(quota)`, then `score`, timed with wall-clock stamps for the phase timeline."""
+        self.set_quota(quota)
+        start = time.time()
+        scores = self.score(videos, prompts)
+        return WorkerRun(scores, start, time.time(), os.getpid())
+
+    def profile(
+        self, videos: torch.Tensor, prompts: Sequence[str], quotas: Sequence[float], repeats: int = 3, warmup: int = 1
+    ) -> dict[float, float]:
+        """{quota: seconds}: median of `repeats` timed calls at each quota, after `warmup` calls.
+
+        Profiling calls the critic directly, so it does not count towards `_crash_on_call`.
+        The quota in force before the call is restored afterwards.
+        """
+        if repeats < 1:
+            raise ValueError(f"repeats={repeats} must be >= 1")
+        previous = self.quota
+        prompts = list(prompts)
+        for _ in range(warmup):
+            self.critic.score(videos, prompts)
+        seconds_by_quota: dict[float, float] = {}
+        try:
+            for quota in quotas:
+                self.set_quota(quota)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    self.critic.score(videos, prompts)
+                    times.append(time.perf_counter() - start)
+                seconds_by_quota[float(quota)] = statistics.median(times)
+        finally:
+            self.set_quota(previous)
+        return seconds_by_quota
+
+    def device_name(self) -> str:
+        """What the profile cache calls this worker's device: "cpu:<N>threads" or "cuda:<GPU name>"."""
+        if self.device == "cuda" and torch.cuda.is_available():
+            return f"cuda:{torch.cuda.get_device_name()}"
+        if self.device == "cuda":
+            return "cuda:unavailable"
+        return f"cpu:{self.total_threads}threads"
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def _reconstructed() -> bool:
+    """True in a process Ray restarted after a crash (False outside Ray)."""
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # not inside a Ray actor
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The group the driver holds
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One reward worker: its name, the critic it builds, and extra `RewardWorker` arguments.
+
+    worker_options: keyword arguments for `RewardWorker` itself (tests pass `_crash_on_call`).
+    """
+
+    worker: str
+    critic: str
+    options: dict = field(default_factory=dict)
+    worker_options: dict = field(default_factory=dict)
+
+
+def worker_spec(spec) -> WorkerSpec:
+    """Normalise a spec: a critic name, a `cluster.config.CriticSpec`, a mapping or a WorkerSpec.
+
+    Mappings take "worker" (or "name"), "critic" (default: the worker name), "options" and
+    "worker_options".
+    """
+    if isinstance(spec, WorkerSpec):
+        return spec
+    if isinstance(spec, str):
+        return WorkerSpec(spec, spec)
+    if isinstance(spec, Mapping):
+        unknown = set(spec) - {"worker", "name", "critic", "options", "worker_options"}
+        if unknown:
+            raise ValueError(
+                f"critic_specs: unknown keys {sorted(unknown)} in {dict(spec)!r}; "
+                "accepted: worker (or name), critic, options, worker_options"
+            )
+        worker = spec.get("worker", spec.get("name"))
+        if not worker:
+            raise ValueError(f"critic_specs: {dict(spec)!r} names no worker; give 'worker' or 'name'")
+        return WorkerSpec(
+            str(worker),
+            str(spec.get("critic", worker)),
+            dict(spec.get("options") or {}),
+            dict(spec.get("worker_options") or {}),
+        )
+    if hasattr(spec, "name") and hasattr(spec, "options"):  # cluster.config.CriticSpec
+        return WorkerSpec(spec.name, spec.name, dict(spec.options))
+    raise TypeError(f"critic_specs: cannot read a worker spec from {spec!r}")
+
+
+class ScoredPhase(NamedTuple):
+    """What `RewardWorkerGroup.score` returns.
+
+    scores: {"worker.score": Tensor[B]} over all workers.
+    timeline: one {worker, group, quota, start, end, attempts, pid} per worker, in run order;
+        start/end are wall-clock seconds (time.time()) taken inside the worker around its critic.
+    """
+
+    scores: dict[str, torch.Tensor]
+    timeline: list[dict]
+
+
+class RewardWorkerGroup:
+    """The joint-reward phase's workers, their profiles and plan; see the module docstring.
+
+    critic_specs: one spec per worker (see `worker_spec`); worker names must be distinct.
+    pool: a `cluster.pool.Pool` (workers go on `bundle_index` with the "reward_worker" share,
+        overlapping the other roles), a mapping of Ray actor options used as is, or None
+        (a fractional "reward_worker" share of CPU, and of a GPU on "cuda").
+    run_dir: where the profile cache and the MPS pipe/log directories live.
+    quota_grid: quotas to profile and plan with (default: `cpu_quota_grid(total_threads)` on CPU,
+        `DEFAULT_CUDA_QUOTA_GRID` on GPU; 1.0 is always added).
+    device: "cpu" or "cuda".
+    total_threads: threads a quota of 1.0 means (default: this machine's CPU count).
+    repeats: timed calls per quota when profiling (the median is kept).
+    fastest_within_quota: once this input shape is profiled, run each worker at the measured quota
+        <= its allotment that was fastest (`fastest_within`), and plan with that envelope; False
+        runs every worker at exactly its allotted quota.
+    """
+
+    def __init__(
+        self,
+        critic_specs: Sequence,
+        pool=None,
+        run_dir: str | os.PathLike = ".",
+        quota_grid: Sequence[float] | None = None,
+        device: str = "cpu",
+        total_threads: int | None = None,
+        bundle_index: int = 0,
+        repeats: int = 3,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        recovery_seconds: float = DEFAULT_RECOVERY_SECONDS,
+        fastest_within_quota: bool = True,
+    ):
+        if device not in DEVICES:
+            raise ValueError(f"device={device!r} is not one of {DEVICES}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts={max_attempts} must be >= 1")
+        self.specs = {}
+        for spec in map(worker_spec, critic_specs):
+            if spec.worker in self.specs:
+                raise ValueError(f"critic_specs: worker name {spec.worker!r} appears twice; give each worker a distinct name")
+            self.specs[spec.worker] = spec
+        if not self.specs:
+            raise ValueError("critic_specs: expected at least one critic")
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.total_threads = int(total_threads or os.cpu_count() or 1)
+        self.quota_grid = tuple(
+            sorted({float(q) for q in quota_grid} | {1.0})
+            if quota_grid is not None
+            else (cpu_quota_grid(self.total_threads) if device == "cpu" else DEFAULT_CUDA_QUOTA_GRID)
+        )
+        self.repeats = repeats
+        self.max_attempts = max_attempts
+        self.recovery_seconds = recovery_seconds
+        self.fastest_within_quota = fastest_within_quota
+        self._pool = pool
+        self._bundle_index = bundle_index
+        self.profile_cache = ProfileCache(self.run_dir / PROFILE_CACHE_NAME)
+        self.profiles: dict[str, dict[float, float]] | None = None
+        self._profiled_shape: tuple[int, ...] | None = None
+        self.metrics: dict[str, Any] = {
+            "worker_restarts": 0,
+            "worker_replacements": 0,
+            "profile_cache_hits": 0,
+            "profile_measurements": 0,
+        }
+
+        self.mps_daemon: MPSDaemon | None = None
+        if device == "cpu":
+            self._mps_status = "cpu-threads"
+        else:
+            self.mps_daemon = MPSDaemon(self.run_dir)
+            try:
+                started = self.mps_daemon.start()
+                reason = None if started else self.mps_daemon.unavailable_reason() or "daemon not started"
+            except RuntimeError as error:
+                reason = f"daemon failed to start: {error}"
+            self._mps_status = "mps" if reason is None else f"fallback: {reason}"
+            if reason is not None:
+                log.warning("reward workers: MPS cannot run (%s); running workers with plain concurrency", reason)
+        self.metrics["mps_status"] = self._mps_status
+        self.metrics["mps_fallback"] = int(self._mps_status.startswith("fallback"))
+
+        # The quota each worker PROCESS was started with; under MPS it cannot change in place.
+        self._process_quota: dict[str, float] = {}
+        self._handles: dict[str, Any] = {}
+        for name in self.specs:
+            self._handles[name] = self._create(name, quota=1.0, first=True)
+        ray.get([handle.ping.remote() for handle in self._handles.values()])
+        self._device_key: str | None = None
+
+    # -- status ---------------------------------------------------------------------------------
+
+    @property
+    def mps_status(self) -> str:
+        """"mps", "fallback: <reason>" (GPU without MPS: plain concurrency) or "cpu-threads"."""
+        return self._mps_status
+
+    @property
+    def uses_mps(self) -> bool:
+        return self._mps_status == "mps"
+
+    @property
+    def worker_names(self) -> list[str]:
+        return list(self.specs)
+
+    @property
+    def workers(self) -> dict[str, Any]:
+        """Worker name -> current Ray actor handle (handles change when a worker is replaced)."""
+        return dict(self._handles)
+
+    def device_key(self) -> str:
+        """The device part of profile-cache keys: the workers' device, plus "+mps"/"+no-mps" on GPUs."""
+        if self._device_key is None:
+            name = self._call(self.worker_names[0], lambda h: h.device_name.remote())
+            if self.device == "cuda":
+                name += "+mps" if self.uses_mps else "+no-mps"
+            self._device_key = name
+        return self._device_key
+
+    # -- worker processes -----------------------------------------------------------------------
+
+    def _actor_options(self, quota: float) -> dict:
+        if self._pool is None:
+            share = ROLE_SHARES["reward_worker"]
+            options: dict = {"num_cpus": share}
+            if self.device == "cuda":
+                options["num_gpus"] = share  # fractional: every worker fits on one GPU at once
+        elif isinstance(self._pool, Mapping):
+            options = dict(self._pool)
+        else:
+            options = self._pool.actor_options("reward_worker", self._bundle_index)
+        # Ray restarts a dead worker process; the group, not Ray, decides which call to redo.
+        options.update(max_restarts=-1, max_task_retries=0)
+        if self.uses_mps:
+            env = dict(options.get("runtime_env") or {})
+            env["env_vars"] = {**env.get("env_vars", {}), **self.mps_daemon.worker_env(quota)}
+            options["runtime_env"] = env
+        return options
+
+    def _create(self, name: str, quota: float, first: bool = False):
+        spec = self.specs[name]
+        worker_options = dict(spec.worker_options)
+        if not first:
+            worker_options.pop("_crash_on_call", None)  # injected failures happen once per worker
+        handle = (
+            ray.remote(RewardWorker)
+            .options(**self._actor_options(quota))
+            .remote(
+                spec.worker,
+                spec.critic,
+                spec.options,
+                device=self.device,
+                total_threads=self.total_threads,
+                quota=quota,
+                **worker_options,
+            )
+        )
+        self._process_quota[name] = quota
+        return handle
+
+    def _replace(self, name: str, quota: float) -> None:
+        ray.kill(self._handles[name], no_restart=True)
+        self._handles[name] = self._create(name, quota)
+
+    def _recover(self, name: str) -> None:
+        """Wait for Ray's restart of a dead worker; replace the worker if it stays dead."""
+        deadline = time.monotonic() + self.recovery_seconds
+        while True:
+            try:
+                ray.get(self._handles[name].ping.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            except (RayActorError, GetTimeoutError):
+                break
+        log.warning("reward worker %s did not come back; replacing it", name)
+        self.metrics["worker_replacements"] += 1
+        self._replace(name, self._process_quota[name])
+        ray.get(self._handles[name].ping.remote())
+
+    def _call(self, name: str, submit):
+        """ray.get(submit(handle)) for one worker, recovering and re-submitting if the worker dies."""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return ray.get(submit(self._handles[name]))
+            except RayActorError as error:
+                self._note_failure(name, attempt, error)
+                self._recover(name)
+
+    def _note_failure(self, name: str, attempt: int, error: Exception) -> None:
+        self.metrics["worker_restarts"] += 1
+        if attempt >= self.max_attempts:
+            raise RuntimeError(
+                f"reward worker {name!r} died {attempt} times in one call (max_attempts={self.max_attempts})"
+            ) from error
+        log.warning("reward worker %s died (attempt %d): %s; restarting it and redoing its call", name, attempt, error)
+
+    def _set_process_quotas(self, quota_by_worker: Mapping[str, float]) -> None:
+        """Under MPS, replace each worker whose process runs at another percentage, and wait until
+        all are up (start-ups overlap), so process start-up stays outside the timed run."""
+        if not self.uses_mps:
+            return
+        replaced = []
+        for name, quota in quota_by_worker.items():
+            if _mps_percentage(quota) != _mps_percentage(self._process_quota[name]):
+                self._replace(name, quota)
+                replaced.append(name)
+        for name in replaced:
+            self._call(name, lambda h: h.ping.remote())
+
+    # -- profiles and plan ----------------------------------------------------------------------
+
+    def profile(self, videos: torch.Tensor, prompts: Sequence[str], refresh: bool = False) -> dict[str, dict[float, float]]:
+        """{worker: {quota: seconds}} for this input shape, from the cache or measured (and cached).
+
+        Each worker is measured alone, one after another, as C_w(q) is defined. Without MPS on a
+        GPU only quota 1.0 is measured: a quota cannot be enforced there.
+        """
+        quotas = self.quota_grid if (self.device == "cpu" or self.uses_mps) else (1.0,)
+        shape = tuple(int(d) for d in videos.shape)
+        device_key = self.device_key()
+        videos_ref = ray.put(videos)
+        prompts = list(prompts)
+        profiles: dict[str, dict[float, float]] = {}
+        for name in self.worker_names:
+            key = (name, shape, device_key)
+            cached = None if refresh else self.profile_cache.get(key)
+            if cached is not None and all(q in cached for q in quotas):
+                self.metrics["profile_cache_hits"] += 1
+                profiles[name] = {q: cached[q] for q in quotas}
+                continue
+            profiles[name] = self._measure(name, videos_ref, prompts, quotas)
+            self.profile_cache.put(key, profiles[name])
+            self.metrics["profile_measurements"] += 1
+            log.info("profiled reward worker %s on %s: %s", name, shape, profiles[name])
+        self.profiles, self._profiled_shape = profiles, shape
+        return profiles
+
+    def _measure(self, name: str, videos_ref, prompts: list[str], quotas) -> dict[float, float]:
+        if not self.uses_mps:
+            return self._call(name, lambda h: h.profile.remote(videos_ref, prompts, list(quotas), self.repeats))
+        profile = {}
+        for quota in quotas:  # one process per MPS percentage
+            self._set_process_quotas({name: quota})
+            profile.update(self._call(name, lambda h: h.profile.remote(videos_ref, prompts, [quota], self.repeats)))
+        return profile
+
+    def planning_profiles(self) -> dict[str, dict[float, float]]:
+        """The profiles the planner sees: measured, or their `fastest_within_envelope`."""
+        if self.profiles is None:
+            raise RuntimeError("no profiles yet; call profile(videos, prompts) first")
+        if not self.fastest_within_quota:
+            return {w: dict(p) for w, p in self.profiles.items()}
+        return {w: fastest_within_envelope(p) for w, p in self.profiles.items()}
+
+    def plan(self) -> RewardPlan:
+        """The planner's grouping and quotas for the last profiles (report eqs. 7-9).
+
+        Without MPS on a GPU: every worker in one group at quota 1/W (nominal, not enforced),
+        i.e. plain concurrency; its `makespan` is then an optimistic prediction, max_w C_w(1).
+        """
+        if self.profiles is None:
+            raise RuntimeError("plan(): no profiles yet; call profile(videos, prompts) first")
+        if self.device == "cpu" or self.uses_mps:
+            return plan_reward_groups(self.planning_profiles(), quota_grid=self.quota_grid)
+        alone = {w: runtime_at(p, 1.0) for w, p in self.profiles.items()}
+        share = 1.0 / len(alone)
+        return RewardPlan(
+            groups=[{w: share for w in alone}],
+            group_seconds=[max(alone.values())],
+            makespan=max(alone.values()),
+            serial_makespan=sum(alone.values()),
+            method="concurrent-fallback",
+        )
+
+    def _check_groups(self, groups: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
+        seen: list[str] = []
+        clean = []
+        for index, group in enumerate(groups):
+            group = {str(w): float(q) for w, q in group.items()}
+            for worker, quota in group.items():
+                if worker not in self.specs:
+                    raise ValueError(f"plan groups[{index}]: unknown worker {worker!r}; workers are {self.worker_names}")
+                if not (math.isfinite(quota) and 0.0 < quota <= 1.0):
+                    raise ValueError(f"plan groups[{index}][{worker!r}]: quota {quota!r} is outside (0, 1]")
+            if sum(group.values()) > 1.0 + QUOTA_SUM_TOLERANCE:
+                raise ValueError(f"plan groups[{index}]: quotas {group} sum to {sum(group.values()):.3g} > 1 (eq. 9)")
+            seen.extend(group)
+            clean.append(group)
+        if sorted(seen) != sorted(self.worker_names):
+            raise ValueError(
+                f"plan: every worker must appear in exactly one group; got {sorted(seen)}, workers are {sorted(self.worker_names)}"
+            )
+        return clean
+
+    # -- the phase ------------------------------------------------------------------------------
+
+    def score(
+        self,
+        videos: torch.Tensor,
+        prompts: Sequence[str],
+        mode: str = "planned",
+        plan: RewardPlan | Sequence[Mapping[str, float]] | None = None,
+        fastest_within_quota: bool | None = None,
+    ) -> ScoredPhase:
+        """Score a batch with every worker; returns `ScoredPhase(scores, timeline)`.
+
+        mode "planned": groups of `plan` (default: `self.plan()`, profiling this input shape first
+        if needed, from the cache when possible) in sequence, members of a group at once.
+        mode "serial": every worker alone with quota 1.0, one after another (the report's "before").
+        `plan` may be a RewardPlan or a list of {worker: quota} groups.
+        fastest_within_quota: overrides the group's setting for this call (see the class docstring);
+        the timeline's "quota" is the allotment, "run_quota" what the worker ran at.
+        """
+        fastest = self.fastest_within_quota if fastest_within_quota is None else fastest_within_quota
+        if mode not in ("planned", "serial"):
+            raise ValueError(f"mode={mode!r} is not one of ('planned', 'serial')")
+        batch = int(videos.shape[0])
+        if len(prompts) != batch:
+            raise ValueError(f"got {batch} videos but {len(prompts)} prompts")
+        if mode == "serial":
+            groups = [{name: 1.0} for name in self.worker_names]
+        else:
+            if plan is None:
+                if self.profiles is None or self._profiled_shape != tuple(videos.shape):
+                    self.profile(videos, prompts)
+                plan = self.plan()
+            groups = plan.groups if isinstance(plan, RewardPlan) else plan
+        groups = self._check_groups(groups)
+
+        videos_ref = ray.put(videos)  # one copy in the object store, read by every worker
+        prompts = list(prompts)
+        results: dict[str, WorkerRun] = {}
+        timeline: list[dict] = []
+        # Each worker is in one group, so under MPS every process can take its quota up front:
+        # process start-up stays out of the phase, and out of the gaps between groups.
+        run_quota = self._run_quotas(
+            {name: quota for group in groups for name, quota in group.items()}, videos.shape, fastest
+        )
+        self._set_process_quotas(run_quota)
+        phase_start = time.perf_counter()
+        for index, group in enumerate(groups):
+            runs, attempts = self._run_group({name: run_quota[name] for name in group}, videos_ref, prompts)
+            for name in group:
+                run = runs[name]
+                assert name not in results, f"worker {name!r} scored twice in one phase"
+                results[name] = run
+                timeline.append(
+                    {"worker": name, "group": index, "quota": group[name], "run_quota": run_quota[name],
+                     "start": run.start, "end": run.end, "attempts": attempts[name], "pid": run.pid}
+                )
+        phase_seconds = time.perf_counter() - phase_start
+        assert sorted(results) == sorted(self.worker_names), "every worker scores each sample exactly once"
+
+        scores: dict[str, torch.Tensor] = {}
+        for name in self.worker_names:
+            for key, value in results[name].scores.items():
+                if key in scores:
+                    raise RuntimeError(f"score key {key!r} is returned by two workers; rename one of them")
+                if value.shape != (batch,):
+                    raise RuntimeError(f"worker {name!r} returned {key!r} of shape {tuple(value.shape)}, expected ({batch},)")
+                scores[key] = value
+        self.metrics.update(
+            last_phase_mode=mode,
+            last_phase_fastest_within_quota=bool(fastest),
+            last_phase_seconds=phase_seconds,
+            last_phase_groups=len(groups),
+            last_phase_samples=batch,
+        )
+        return ScoredPhase(scores, timeline)
+
+    def _run_quotas(self, quota_by_worker: dict[str, float], shape, fastest: bool) -> dict[str, float]:
+        """The quota each worker runs at: its allotment, or the fastest measured quota within it."""
+        if not fastest or self.profiles is None or self._profiled_shape != tuple(shape):
+            return dict(quota_by_worker)
+        return {name: fastest_within(self.profiles[name], quota) for name, quota in quota_by_worker.items()}
+
+    def _run_group(self, group: Mapping[str, float], videos_ref, prompts: list[str]):
+        """Launch every member's call, then collect; a member that dies is recovered and only its
+        call is submitted again. Returns ({worker: WorkerRun}, {worker: attempts})."""
+        attempts = {name: 0 for name in group}
+        pending: dict[Any, str] = {}
+
+        def submit(name: str) -> None:
+            attempts[name] += 1
+            pending[self._handles[name].run.remote(videos_ref, prompts, group[name])] = name
+
+        for name in group:
+            submit(name)
+        runs: dict[str, WorkerRun] = {}
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            name = pending.pop(ready)
+            try:
+                runs[name] = ray.get(ready)
+            except RayActorError as error:
+                self._note_failure(name, attempts[name], error)
+                self._recover(name)
+                submit(name)
+        return runs, attempts
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Kill the worker processes and stop the MPS daemon this group started."""
+        for handle in self._handles.values():
+            ray.kill(handle, no_restart=True)
+        self._handles.clear()
+        if self.mps_daemon is not None:
+            self.mps_daemon.stop()
+
+    def __enter__(self) -> "RewardWorkerGroup":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.shutdown()
