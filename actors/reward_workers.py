@@ -64,7 +64,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from cluster.mps_daemon import MPSDaemon, cpu_thread_share
 from cluster.pool import ROLE_SHARES
-from reward_services.base import build_critic
+from reward_services.base import available_critics, build_critic
 from schedulers.mps import (
     DEFAULT_QUOTA_GRID,
     QUOTA_SUM_TOLERANCE,
@@ -306,7 +306,8 @@ class ScoredPhase(NamedTuple):
     """What `RewardWorkerGroup.score` returns.
 
     scores: {"worker.score": Tensor[B]} over all workers.
-    timeline: one {worker, group, quota, start, end, attempts, pid} per worker, in run order;
+    timeline: one {worker, group, quota, run_quota, start, end, attempts, pid} per worker, in run
+        order; quota is the allotment, run_quota what the worker ran at (see `fastest_within`);
         start/end are wall-clock seconds (time.time()) taken inside the worker around its critic.
     """
 
@@ -318,9 +319,10 @@ class RewardWorkerGroup:
     """The joint-reward phase's workers, their profiles and plan; see the module docstring.
 
     critic_specs: one spec per worker (see `worker_spec`); worker names must be distinct.
-    pool: a `cluster.pool.Pool` (workers go on `bundle_index` with the "reward_worker" share,
-        overlapping the other roles), a mapping of Ray actor options used as is, or None
-        (a fractional "reward_worker" share of CPU, and of a GPU on "cuda").
+    pool: a `cluster.pool.Pool` (workers go on `bundle` — the pool's default bundle when None —
+        with the "reward_worker" share, overlapping the other roles), a mapping of Ray actor
+        options used as is, or None (a fractional "reward_worker" share of CPU, and of a GPU on "cuda").
+    bundle: passed to `pool.actor_options("reward_worker", bundle)` as the pool names bundles.
     run_dir: where the profile cache and the MPS pipe/log directories live.
     quota_grid: quotas to profile and plan with (default: `cpu_quota_grid(total_threads)` on CPU,
         `DEFAULT_CUDA_QUOTA_GRID` on GPU; 1.0 is always added).
@@ -340,7 +342,7 @@ class RewardWorkerGroup:
         quota_grid: Sequence[float] | None = None,
         device: str = "cpu",
         total_threads: int | None = None,
-        bundle_index: int = 0,
+        bundle=None,
         repeats: int = 3,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         recovery_seconds: float = DEFAULT_RECOVERY_SECONDS,
@@ -357,6 +359,12 @@ class RewardWorkerGroup:
             self.specs[spec.worker] = spec
         if not self.specs:
             raise ValueError("critic_specs: expected at least one critic")
+        known = available_critics()
+        for spec in self.specs.values():  # fail here, not as a dead actor
+            if spec.critic not in known:
+                raise ValueError(f"critic_specs: worker {spec.worker!r} names unknown critic {spec.critic!r}; available: {known}")
+        if quota_grid is not None and not all(0.0 < float(q) <= 1.0 for q in quota_grid):
+            raise ValueError(f"quota_grid={tuple(quota_grid)!r}: every quota must lie in (0, 1]")
         self.device = device
         self.run_dir = Path(run_dir)
         self.total_threads = int(total_threads or os.cpu_count() or 1)
@@ -370,7 +378,7 @@ class RewardWorkerGroup:
         self.recovery_seconds = recovery_seconds
         self.fastest_within_quota = fastest_within_quota
         self._pool = pool
-        self._bundle_index = bundle_index
+        self._bundle = bundle
         self.profile_cache = ProfileCache(self.run_dir / PROFILE_CACHE_NAME)
         self.profiles: dict[str, dict[float, float]] | None = None
         self._profiled_shape: tuple[int, ...] | None = None
@@ -400,10 +408,14 @@ class RewardWorkerGroup:
         # The quota each worker PROCESS was started with; under MPS it cannot change in place.
         self._process_quota: dict[str, float] = {}
         self._handles: dict[str, Any] = {}
-        for name in self.specs:
-            self._handles[name] = self._create(name, quota=1.0, first=True)
-        ray.get([handle.ping.remote() for handle in self._handles.values()])
         self._device_key: str | None = None
+        try:
+            for name in self.specs:
+                self._handles[name] = self._create(name, quota=1.0, first=True)
+            ray.get([handle.ping.remote() for handle in self._handles.values()])
+        except BaseException:
+            self.shutdown()  # no stray workers, no daemon left running
+            raise
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -445,7 +457,11 @@ class RewardWorkerGroup:
         elif isinstance(self._pool, Mapping):
             options = dict(self._pool)
         else:
-            options = self._pool.actor_options("reward_worker", self._bundle_index)
+            options = (
+                self._pool.actor_options("reward_worker")
+                if self._bundle is None
+                else self._pool.actor_options("reward_worker", self._bundle)
+            )
         # Ray restarts a dead worker process; the group, not Ray, decides which call to redo.
         options.update(max_restarts=-1, max_task_retries=0)
         if self.uses_mps:
