@@ -1,0 +1,56 @@
+"""Procedural toy video world, its prompt grammar and verifiable judges (DESIGN.md §5)."""
+
+from toyworld.judges import (
+    APPLICABLE_JUDGES,
+    JUDGES,
+    OVERALL_WEIGHTS,
+    judge_all,
+    judge_color,
+    judge_count,
+    judge_motion,
+    judge_shape,
+    judge_smoothness,
+)
+from toyworld.prompts import describe, parse
+from toyworld.world import (
+    BACKGROUNDS,
+    COLORS,
+    FLUID_SHAPE,
+    KINDS,
+    MOTIONS,
+    PAN_DIRECTIONS,
+    SHAPES,
+    SceneSpec,
+    ToyClip,
+    ToyWorld,
+    all_object_specs,
+    render,
+    sample_spec,
+)
+
+__all__ = [
+    "APPLICABLE_JUDGES",
+    "BACKGROUNDS",
+    "COLORS",
+    "FLUID_SHAPE",
+    "JUDGES",
+    "KINDS",
+    "MOTIONS",
+    "OVERALL_WEIGHTS",
+    "PAN_DIRECTIONS",
+    "SHAPES",
+    "SceneSpec",
+    "ToyClip",
+    "ToyWorld",
+    "all_object_specs",
+    "describe",
+    "judge_all",
+    "judge_color",
+    "judge_count",
+    "judge_motion",
+    "judge_shape",
+    "judge_smoothness",
+    "parse",
+    "render",
+    "sample_spec",
+]
