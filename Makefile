@@ -7,6 +7,8 @@ CONFIG ?= configs/toy.yaml
 RAY_DASHBOARD := http://127.0.0.1:8265
 export OMP_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
+# Ray 2.5x+ protects a head with a token (~/.ray/auth_token); the CLI must be told to send it.
+export RAY_AUTH_MODE ?= token
 
 .PHONY: venv demo test bench pretrain grpo cluster-up cluster-down submit-grpo serve-rewards clean
 

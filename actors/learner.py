@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from actors.offload import Offloadable
 from algorithms.flow_sde import sde_step_with_logprob
 from algorithms.grpo import SurrogateTerms, clipped_surrogate, gaussian_mean_kl, select_train_timesteps
 from algorithms.vipo import vipo_surrogate
@@ -16,7 +17,7 @@ from policy.sampling import Trajectories
 from policy.wan import build_policy, select_trainable, trainable_state
 
 
-class PolicyLearner:
+class PolicyLearner(Offloadable):
     """GRPO updates on rollouts; weights leave as {name: tensor} with a version number.
 
     The reference policy for the KL term is a frozen copy of the starting policy, made only
@@ -34,14 +35,11 @@ class PolicyLearner:
         self.psm: PerceptualStructuringModule | None = None
 
     def get_weights(self) -> tuple[dict[str, torch.Tensor], int]:
+        """(weights, version); call with `num_returns=2` so the weights stay in the object store."""
         return trainable_state(self.policy), self.version
 
     def update(
-        self,
-        trajectories: Trajectories,
-        advantages: torch.Tensor,
-        seed: int,
-        sample_weights: torch.Tensor | None = None,
+        self, advantages: torch.Tensor, seed: int, sample_weights: torch.Tensor | None, *shards: Trajectories
     ) -> dict[str, float]:
         """One GRPO update: inner epochs × shuffled minibatches of `group_size` samples, each
         accumulating the surrogate over a random subset of denoising steps before one optimizer step.
@@ -50,6 +48,7 @@ class PolicyLearner:
         the weights.
         """
         cfg = self.config.grpo
+        trajectories = Trajectories.concat(list(shards))
         generator = torch.Generator().manual_seed(seed)
         num_steps = trajectories.log_probs.shape[1]
         batch = trajectories.latents.shape[0]

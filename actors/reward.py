@@ -23,6 +23,19 @@ class RewardActor:
                 scores[f"{name}.{key}"] = value.float()
         return scores
 
+    def release(self) -> bool:
+        """Outside the evaluate phase: critics that hold accelerator memory (the VLM judge) sleep."""
+        for critic in self.critics.values():
+            if hasattr(critic, "sleep"):
+                critic.sleep()
+        return False
+
+    def wake(self) -> bool:
+        for critic in self.critics.values():
+            if hasattr(critic, "wake_up"):
+                critic.wake_up()
+        return True
+
     def ping(self) -> bool:
         return True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from actors.offload import Offloadable
 from cluster.config import TeleBoostConfig
 from policy.sampling import Trajectories, sample_trajectories
 from policy.wan import build_policy, sampling_sigmas, select_trainable
@@ -13,7 +14,7 @@ class StaleWeightsError(RuntimeError):
     pass
 
 
-class RolloutActor:
+class RolloutActor(Offloadable):
     """Samples G videos per prompt. Refuses to sample with weights older than the driver expects."""
 
     def __init__(self, config: TeleBoostConfig):
@@ -34,8 +35,9 @@ class RolloutActor:
         self.weights_version = version
         return version
 
-    def sample(self, prompts: list[str], group_size: int, seed: int, expected_version: int) -> tuple[torch.Tensor, Trajectories]:
-        """(videos uint8 [P·G, T, H, W, 3], trajectories); group members are consecutive."""
+    def sample(self, prompts: list[str], group_size: int, seed: int, expected_version: int) -> tuple[torch.Tensor, Trajectories, int]:
+        """(videos uint8 [P·G, T, H, W, 3], trajectories, weights version); group members are
+        consecutive. Call with `num_returns=3`: the driver waits on the small version only."""
         if self.weights_version != expected_version:
             raise StaleWeightsError(f"rollout holds weights v{self.weights_version}, driver expects v{expected_version}")
         world = self.config.world
@@ -46,7 +48,7 @@ class RolloutActor:
             keep_log_prob_maps=self.config.grpo.vipo.lam > 0,
         )
         trajectories.weights_version = self.weights_version
-        return trajectories.videos, trajectories
+        return trajectories.videos, trajectories, self.weights_version
 
     def ping(self) -> int:
         return self.weights_version

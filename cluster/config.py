@@ -115,6 +115,8 @@ class PoolConfig(Section):
     accelerator: Literal["auto", "GPU", "accelerator"] = "auto"
     cpus_per_bundle: float = Field(1.0, gt=0)
     placement: Literal["colocated", "disaggregated"] = "colocated"
+    reward_bundles: int = Field(1, ge=1, description="bundles of the reward pool when disaggregated")
+    max_phase_retries: int = Field(2, ge=0, description="times a phase is redone after an actor dies")
 
 
 class PretrainConfig(Section):

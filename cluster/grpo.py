@@ -1,23 +1,26 @@
 """Stage II driver: GRPO on flow-matching video rollouts — sample → evaluate → update.
 
 The driver is a single controller (as in verl): it owns the order of phases and the step
-counter; the actors own state. Each step:
+counter; the actors own state. Each step moves the whole pool through three phases:
 
-1. sample   — the RolloutActor draws G videos per prompt with per-step SDE log-probs, using
-              weights of exactly the version the driver expects (it refuses stale weights);
-2. evaluate — the RewardActor scores the videos; the AdvantageEstimator turns the reward
-              components into advantages: group-relative (eq. 1), optionally BPGO-anchored,
-              curriculum-weighted and min-norm balanced (report §3.3-3.5);
-3. update   — the PolicyLearner runs the clipped surrogate (+ KL to the reference) and the
-              new weights are shipped to the rollout actor with the next version number.
+1. sample   — one RolloutActor per bundle draws G videos for its share of the prompts, with
+              per-step SDE log-probs, using weights of exactly the version the driver expects
+              (a rollout actor refuses stale weights);
+2. evaluate — the RewardActors score the videos where they lie; the AdvantageEstimator turns
+              the reward components into advantages: group-relative (eq. 1), optionally
+              BPGO-anchored, curriculum-weighted and min-norm balanced (report §3.3-3.5);
+3. update   — the PolicyLearner runs the clipped surrogate (+ KL, + ViPO maps) and the new
+              weights go to every rollout actor through the object store with a new version.
 
-Supports: the Stage II extensions as config switches (grpo.joint_reward / bpgo / vipo /
-self_paced), standalone runs (starts local Ray) and `ray job submit`; checkpoints every K steps
-(atomic, checksummed; `--resume` continues the same run and reproduces an uninterrupted one
-on CPU); a metrics JSONL and a reward-curve PNG in `run_dir`.
-Assumptions / limits: one rollout, reward and learner actor on bundle 0 of the pool (the
-multi-bundle, multiplexed pool is a later extension); a checkpoint holds the trainable weights
-and optimizer state, and steps after the last checkpoint are recomputed on resume.
+Supports: `colocated` and `disaggregated` placements (cluster/pool.py), with a per-step
+timeline and utilisation; the Stage II extensions as config switches; standalone runs and
+`ray job submit`; checkpoints every K steps (atomic, checksummed, corrupt ones skipped) and
+`--resume`, which on CPU reproduces an uninterrupted run exactly; a rollout or reward actor
+that dies mid-phase is restarted by Ray and the phase is redone with the same seeds, so no
+sample is lost or counted twice; groups with non-finite rewards are dropped (counted) before
+they can reach the weights.
+Limits: one learner (no data-parallel update across bundles); a dead learner ends the run,
+which then resumes from its last checkpoint; steps after the last checkpoint are recomputed.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ from actors.reward import RewardActor, component_rewards
 from actors.rollout import RolloutActor
 from cluster.advantage import AdvantageEstimator
 from cluster.config import TeleBoostConfig
-from cluster.pool import Pool, ensure_ray
+from cluster.pool import PhaseTimeline, Pool, ensure_ray
 from cluster.run_log import MetricsLog, plot_curves
 from policy.checkpoint import load_latest, save_checkpoint
 from toyworld.world import ToyWorld
 
 log = logging.getLogger("teleboost.grpo")
+RESTARTABLE = {"max_restarts": -1, "max_task_retries": 0}
 
 
 class GRPODriver:
@@ -50,17 +54,23 @@ class GRPODriver:
         self.resume = resume
         self.run_dir = Path(config.run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.actor_restarts = 0
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
         ensure_ray(self.config.pool.num_bundles)
         self.pool = Pool(self.config.pool)
-        runtime_env = {"env_vars": {"OMP_NUM_THREADS": str(self.config.policy.torch_threads)}}
-        self.rollout = ray.remote(RolloutActor).options(**self.pool.actor_options("rollout"), runtime_env=runtime_env).remote(self.config)
-        self.reward = ray.remote(RewardActor).options(**self.pool.actor_options("reward"), runtime_env=runtime_env).remote(
-            self.config.rewards, self.config.policy.torch_threads
-        )
-        self.learner = ray.remote(PolicyLearner).options(**self.pool.actor_options("learner"), runtime_env=runtime_env).remote(self.config)
+        env = {"env_vars": {"OMP_NUM_THREADS": str(self.config.policy.torch_threads)}}
+
+        def place(cls, role, bundle, *args):
+            return ray.remote(cls).options(**self.pool.actor_options(role, bundle), **RESTARTABLE, runtime_env=env).remote(*args)
+
+        self.rollouts = {b: place(RolloutActor, "rollout", b, self.config) for b in self.pool.rollout_bundles()}
+        self.rewards = {b: place(RewardActor, "reward", b, self.config.rewards, self.config.policy.torch_threads)
+                        for b in self.pool.reward_bundles()}
+        self.learner = ray.remote(PolicyLearner).options(
+            **self.pool.actor_options("learner", self.pool.learner_bundle()), runtime_env=env
+        ).remote(self.config)
         world = self.config.world
         self.prompt_pool = ToyWorld(world.num_frames, world.height, world.width, kinds=world.kinds).prompts(
             self.config.grpo.prompt_pool, seed=self.config.seed
@@ -77,62 +87,37 @@ class GRPODriver:
         elif self.resume:
             log.warning("--resume given but no valid checkpoint in %s: starting fresh", self.checkpoint_dir)
         self.metrics = MetricsLog(self.run_dir, resume_step=self.start_step if checkpoint else None)
-        self.version = self._sync_weights()
+        self.version = self.sync_weights()
         if checkpoint is None and self.config.grpo.bpgo.enabled:
             self.estimate_reward_prior()
-
-    def _sync_weights(self) -> int:
-        """Ship the learner's weights to the rollout actor; returns the version now live there."""
-        weights_and_version = self.learner.get_weights.remote()
-        state, version = ray.get(weights_and_version)
-        return ray.get(self.rollout.set_weights.remote(state, version))
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> list[dict]:
         cfg = self.config.grpo
         for step in range(self.start_step + 1, cfg.steps + 1):
-            started = time.perf_counter()
+            timeline = PhaseTimeline(self.pool.all_bundles())
             prompts = self.prompts_for(step)
 
-            # 1. sample
-            videos_ref, trajectories_ref = self.rollout.sample.options(num_returns=2).remote(
-                prompts, cfg.group_size, self.step_seed(step, "sample"), self.version
-            )
-            ray.wait([videos_ref])
-            sampled = time.perf_counter()
+            # 1. sample: every rollout bundle draws whole groups for its share of the prompts
+            video_refs, trajectory_refs = self.sample(timeline, prompts, f"{step}")
 
-            # 2. evaluate
-            rewards, scores, num_gated = self.evaluate(videos_ref, prompts)
-            result = self.estimator.compute(prompts, rewards)
-            evaluated = time.perf_counter()
+            # 2. evaluate: rewards per component [P, G] → advantages (non-finite groups dropped)
+            rewards, scores, num_gated = self.evaluate(timeline, video_refs, prompts)
+            kept = torch.stack([torch.isfinite(r).all(dim=1) for r in rewards.values()]).all(dim=0)
+            advantages, sample_weights, logs = self.advantages(prompts, rewards, kept)
 
-            # 3. update, then ship the new weights
-            update = ray.get(self.learner.update.remote(
-                trajectories_ref, result.advantages, self.step_seed(step, "update"), result.sample_weights
-            ))
-            self.version = self._sync_weights()
-            updated = time.perf_counter()
+            # 3. update on the concatenated shards, then ship the new weights to every bundle
+            update = self.run_phase(timeline, "update", lambda: {
+                self.pool.learner_bundle(): [self.learner.update.remote(
+                    advantages, self.step_seed(step, "update"), sample_weights, *trajectory_refs)]
+            }, {})[self.pool.learner_bundle()][0]
+            self.version = self.sync_weights()
 
-            total = sum(rewards.values()) / len(rewards)
-            record = {
-                "step": step,
-                "reward_mean": total.mean().item(),
-                "reward_std": total.std(correction=0).item(),
-                "reward_group_std": total.std(dim=1, correction=0).mean().item(),
-                **{f"reward/{name}": value.mean().item() for name, value in rewards.items()},
-                **{f"score/{k}": v.mean().item() for k, v in scores.items()},
-                **result.logs,
-                "gated_samples": num_gated,
-                **{f"update/{k}": v for k, v in update.items()},
-                "weights_version": self.version,
-                "seconds/sample": sampled - started,
-                "seconds/evaluate": evaluated - sampled,
-                "seconds/update": updated - evaluated,
-            }
+            record = self.record(step, rewards, kept, scores, num_gated, logs, update, timeline)
             self.metrics.write(record)
-            log.info("step %d/%d reward %.4f ± %.4f  loss %.4g  (sample %.1fs, evaluate %.1fs, update %.1fs)",
-                     step, cfg.steps, record["reward_mean"], record["reward_std"], update["loss"],
-                     record["seconds/sample"], record["seconds/evaluate"], record["seconds/update"])
+            log.info("step %d/%d reward %.4f ± %.4f  loss %.4g  (sample %.2fs, evaluate %.2fs, update %.2fs, util %.2f)",
+                     step, cfg.steps, record["reward_mean"], record["reward_std"], update["loss"], record["seconds/sample"],
+                     record["seconds/evaluate"], record["seconds/update"], record["utilisation"])
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 self.save(step)
         records = self.metrics.records()
@@ -140,13 +125,103 @@ class GRPODriver:
             plot_curves(records, ["reward_mean"], self.run_dir / "reward_curve.png", "GRPO: mean reward per step")
         return records
 
-    # -- helpers ----------------------------------------------------------------------------
-    def evaluate(self, videos_ref, prompts: list[str]):
-        """({component: [P, G]}, raw scores {critic.score: [B]}, gated count) for one batch of groups."""
+    # -- phases -----------------------------------------------------------------------------
+    def run_phase(self, timeline: PhaseTimeline, phase: str, submit, restartable: dict) -> dict:
+        """Run one phase; if an actor dies, wait for Ray to restart it, re-ship the weights and
+        redo the whole phase with the same seeds (so its results replace, never add to, the lost ones)."""
+        for attempt in range(self.config.pool.max_phase_retries + 1):
+            try:
+                return timeline.run(phase, submit())
+            except ray.exceptions.RayActorError as err:
+                if not restartable or attempt == self.config.pool.max_phase_retries:
+                    raise
+                self.actor_restarts += 1
+                log.warning("phase %s: an actor died (%s); redoing the phase (attempt %d)",
+                            phase, type(err).__name__, attempt + 2)
+                self.wait_alive(restartable)
+                self.version = self.sync_weights()
+        raise AssertionError("unreachable")
+
+    def sample(self, timeline: PhaseTimeline, prompts: list[str], seed_key: str) -> tuple[list, list]:
+        """(video refs, trajectory refs) per rollout bundle, in prompt order; the data stays in
+        the object store and the driver only waits on each shard's weights version."""
         group_size = self.config.grpo.group_size
-        scores = ray.get(self.reward.score.remote(videos_ref, [p for p in prompts for _ in range(group_size)]))
+        shards = self.shard(prompts, self.rollouts)
+        refs: dict = {}
+
+        def submit():
+            for i, (bundle, shard) in enumerate(shards.items()):
+                refs[bundle] = self.rollouts[bundle].sample.options(num_returns=3).remote(
+                    shard, group_size, self.step_seed(seed_key, f"sample/{i}"), self.version)
+            return {bundle: [shard_refs[2]] for bundle, shard_refs in refs.items()}
+
+        self.run_phase(timeline, "sample", submit, self.rollouts)
+        return [refs[b][0] for b in shards], [refs[b][1] for b in shards]
+
+    def evaluate(self, timeline: PhaseTimeline, video_refs: list, prompts: list[str]):
+        """({component: [P, G]}, raw scores {critic.score: [B]}, gated count).
+
+        Colocated: each bundle's reward actor scores the videos its rollout made (no transfer).
+        Disaggregated: the reward pool's actors take the shards round-robin.
+        """
+        group_size = self.config.grpo.group_size
+        reward_bundles = list(self.rewards)
+        shard_prompts = list(self.shard(prompts, self.rollouts).values())
+
+        assignment = [reward_bundles[i % len(reward_bundles)] for i in range(len(video_refs))]
+
+        def submit():
+            calls: dict = {}
+            for bundle, ref, shard in zip(assignment, video_refs, shard_prompts):
+                calls.setdefault(bundle, []).append(
+                    self.rewards[bundle].score.remote(ref, [p for p in shard for _ in range(group_size)]))
+            return calls
+
+        results = {bundle: list(values) for bundle, values in self.run_phase(timeline, "evaluate", submit, self.rewards).items()}
+        per_shard = [results[bundle].pop(0) for bundle in assignment]  # back in shard order
+        scores = {key: torch.cat([shard[key] for shard in per_shard]) for key in per_shard[0]}
         components, num_gated = component_rewards(scores, self.config.rewards)
         return {name: value.view(len(prompts), group_size) for name, value in components.items()}, scores, num_gated
+
+    def advantages(self, prompts, rewards, kept):
+        """Advantages [P·G] for the kept groups; dropped groups get advantage 0 and weight 0."""
+        group_size = self.config.grpo.group_size
+        kept_prompts = [p for p, k in zip(prompts, kept.tolist()) if k]
+        advantages = torch.zeros(len(prompts), group_size)
+        sample_weights = None
+        logs: dict = {}
+        if kept_prompts:
+            result = self.estimator.compute(kept_prompts, {name: r[kept] for name, r in rewards.items()})
+            advantages[kept] = result.advantages.view(-1, group_size)
+            logs = result.logs
+            if result.sample_weights is not None:
+                sample_weights = torch.zeros(len(prompts), group_size)
+                sample_weights[kept] = result.sample_weights.view(-1, group_size)
+        if not kept.all():
+            sample_weights = (sample_weights if sample_weights is not None else torch.ones(len(prompts), group_size))
+            sample_weights[~kept] = 0.0
+            log.warning("dropped %d group(s) with non-finite rewards", int((~kept).sum()))
+        return advantages.flatten(), None if sample_weights is None else sample_weights.flatten(), logs
+
+    def sync_weights(self) -> int:
+        """Ship the learner's weights to every rollout actor via the object store; returns the version."""
+        weights_ref, version_ref = self.learner.get_weights.options(num_returns=2).remote()
+        versions = ray.get([actor.set_weights.remote(weights_ref, version_ref) for actor in self.rollouts.values()])
+        if len(set(versions)) != 1:
+            raise RuntimeError(f"rollout actors disagree on the weights version: {versions}")
+        return versions[0]
+
+    def wait_alive(self, actors: dict, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for actor in actors.values():
+            while True:
+                try:
+                    ray.get(actor.ping.remote(), timeout=30)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
 
     def estimate_reward_prior(self) -> None:
         """BPGO's prior (report §3.3): sample the reference policy on every training prompt first."""
@@ -154,21 +229,46 @@ class GRPODriver:
         for round_index in range(cfg.bpgo.prior_groups):
             for start in range(0, len(self.prompt_pool), cfg.prompts_per_step):
                 prompts = self.prompt_pool[start:start + cfg.prompts_per_step]
-                videos_ref, _ = self.rollout.sample.options(num_returns=2).remote(
-                    prompts, cfg.group_size, self.step_seed(-1 - round_index, f"prior{start}"), self.version
-                )
-                rewards, _, _ = self.evaluate(videos_ref, prompts)
+                timeline = PhaseTimeline(self.pool.all_bundles())
+                video_refs, _ = self.sample(timeline, prompts, f"prior/{round_index}/{start}")
+                rewards, _, _ = self.evaluate(timeline, video_refs, prompts)
                 self.estimator.observe_prior(prompts, rewards)
-        log.info("BPGO prior estimated from %d reference groups per prompt", cfg.bpgo.prior_groups)
+        log.info("BPGO prior estimated from %d reference group(s) per prompt", cfg.bpgo.prior_groups)
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def shard(prompts: list[str], actors: dict) -> dict:
+        """Whole prompts (hence whole groups) per bundle, contiguous, so concatenation keeps order."""
+        bundles = list(actors)
+        per = -(-len(prompts) // len(bundles))
+        return {b: prompts[i * per:(i + 1) * per] for i, b in enumerate(bundles) if prompts[i * per:(i + 1) * per]}
 
     def prompts_for(self, step: int) -> list[str]:
         """The step's prompts: a deterministic draw from the prompt pool (same on resume)."""
         rng = random.Random(self.step_seed(step, "prompts"))
         return rng.sample(self.prompt_pool, min(self.config.grpo.prompts_per_step, len(self.prompt_pool)))
 
-    def step_seed(self, step: int, purpose: str) -> int:
+    def step_seed(self, step: int | str, purpose: str) -> int:
         """A seed that depends only on (run seed, step, purpose): stable across processes and resumes."""
         return zlib.crc32(f"{self.config.seed}:{step}:{purpose}".encode())
+
+    def record(self, step, rewards, kept, scores, num_gated, logs, update, timeline) -> dict:
+        total = sum(rewards.values())[kept] / len(rewards)
+        return {
+            "step": step,
+            "reward_mean": total.mean().item() if total.numel() else float("nan"),
+            "reward_std": total.std(correction=0).item() if total.numel() else float("nan"),
+            "reward_group_std": total.std(dim=1, correction=0).mean().item() if total.numel() else float("nan"),
+            **{f"reward/{name}": value[kept].mean().item() for name, value in rewards.items()},
+            **{f"score/{k}": v.nanmean().item() for k, v in scores.items()},
+            **logs,
+            "gated_samples": num_gated,
+            "dropped_groups": int((~kept).sum()),
+            "actor_restarts": self.actor_restarts,
+            **{f"update/{k}": v for k, v in update.items()},
+            "weights_version": self.version,
+            **timeline.summary(),
+        }
 
     def save(self, step: int) -> Path:
         weights, learner_state = ray.get(self.learner.state.remote())
@@ -181,8 +281,8 @@ class GRPODriver:
         return path
 
     def shutdown(self) -> None:
-        for actor in (self.rollout, self.reward, self.learner):
-            ray.kill(actor)
+        for actor in [*self.rollouts.values(), *self.rewards.values(), self.learner]:
+            ray.kill(actor, no_restart=True)
         self.pool.shutdown()
 
 

@@ -1,17 +1,25 @@
-"""The accelerator pool: one placement group whose bundles every role shares (report §6.1.1).
+"""The accelerator pool and its two placements (report §6.1.1).
 
-Each bundle is `{"CPU": k, ACC: 1}` where ACC is "GPU" on GPU clusters and the custom
-resource "accelerator" on CPU machines (a stand-in, so the same placement logic is exercised
-without GPUs). Long-lived actors are placed on the SAME bundle with fractional shares of ACC
-(overlapping assignment), and the driver moves the pool through phases instead of giving each
-role its own hardware.
+Bundles are `{"CPU": k, ACC: 1}` where ACC is "GPU" on GPU clusters and the custom resource
+"accelerator" on CPU machines (a stand-in, so the same placement logic runs without GPUs).
+
+- `colocated` (default): ONE placement group of N bundles. Every bundle hosts a rollout actor
+  and a reward actor, bundle 0 also the learner, each with a fractional share of the bundle's
+  accelerator (overlapping assignment). The driver moves all N bundles through sample →
+  evaluate → update, so no bundle waits for another role's hardware.
+- `disaggregated` (the report's "before" picture): the same N bundles split into a rollout /
+  learner pool and a reward pool of `reward_bundles`, each role only ever using its own.
+
+`PhaseTimeline` records, per step, when each bundle was busy in which phase, giving the
+utilisation = busy accelerator-seconds / (pool size × wall time).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -21,8 +29,8 @@ from cluster.config import PoolConfig
 
 log = logging.getLogger("teleboost.pool")
 
-# Fractions of one bundle's accelerator each role holds while colocated; they sum to <= 1 so
-# Ray lets all of them live on the bundle at once.
+# Fractions of one bundle's accelerator each role holds; on a colocated bundle they sum to
+# <= 1 so Ray lets all of them live there at once.
 ROLE_SHARES = {"rollout": 0.3, "learner": 0.3, "reward": 0.2, "reward_worker": 0.05}
 
 
@@ -33,44 +41,76 @@ def ensure_ray(num_accelerators: int = 1) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
     else:
-        ray.init(resources={"accelerator": num_accelerators}, include_dashboard=False)
+        ray.init(address="local", resources={"accelerator": num_accelerators}, include_dashboard=False)
 
 
 @dataclass
 class Pool:
     config: PoolConfig
+    groups: dict[str, object] = field(default_factory=dict, init=False)
 
     def __post_init__(self):
+        cfg = self.config
         self.accelerator = self._pick_accelerator()
-        bundle = {"CPU": self.config.cpus_per_bundle}
+        bundle = {"CPU": cfg.cpus_per_bundle}
         if self.accelerator:
             bundle[self.accelerator] = 1.0
-        self.placement_group = placement_group([dict(bundle) for _ in range(self.config.num_bundles)], strategy="PACK")
-        ray.get(self.placement_group.ready(), timeout=120)
-        log.info("pool ready: %d bundles of %s", self.config.num_bundles, bundle)
+        if cfg.placement == "colocated":
+            sizes = {"main": cfg.num_bundles}
+        else:
+            if cfg.num_bundles < 2 or cfg.reward_bundles >= cfg.num_bundles:
+                raise ValueError(
+                    f"pool.placement=disaggregated needs num_bundles ({cfg.num_bundles}) > reward_bundles "
+                    f"({cfg.reward_bundles}) >= 1"
+                )
+            sizes = {"main": cfg.num_bundles - cfg.reward_bundles, "reward": cfg.reward_bundles}
+        for name, size in sizes.items():
+            self.groups[name] = placement_group([dict(bundle) for _ in range(size)], strategy="PACK")
+        ray.get([pg.ready() for pg in self.groups.values()], timeout=180)
+        log.info("pool ready (%s): %s bundles of %s", cfg.placement, sizes, bundle)
 
     def _pick_accelerator(self) -> str | None:
         available = ray.cluster_resources()
+        wanted = self.config.num_bundles
         if self.config.accelerator != "auto":
-            if available.get(self.config.accelerator, 0) < self.config.num_bundles:
+            if available.get(self.config.accelerator, 0) < wanted:
                 raise RuntimeError(
                     f"pool.accelerator={self.config.accelerator!r} but the cluster has "
-                    f"{available.get(self.config.accelerator, 0)} of it for {self.config.num_bundles} bundles"
+                    f"{available.get(self.config.accelerator, 0)} of it for {wanted} bundles"
                 )
             return self.config.accelerator
         for name in ("GPU", "accelerator"):
-            if available.get(name, 0) >= self.config.num_bundles:
+            if available.get(name, 0) >= wanted:
                 return name
-        log.warning("no GPU or 'accelerator' resource in the cluster: bundles hold CPU only")
+        log.warning("no GPU or 'accelerator' resource for %d bundles: bundles hold CPU only", wanted)
         return None
 
-    def actor_options(self, role: str, bundle_index: int = 0) -> dict:
-        """Ray options placing `role` on a bundle with its fractional share of the accelerator."""
+    # -- where each role lives ---------------------------------------------------------------
+    def rollout_bundles(self) -> list[tuple[str, int]]:
+        return [("main", i) for i in range(self._size("main"))]
+
+    def reward_bundles(self) -> list[tuple[str, int]]:
+        if "reward" in self.groups:
+            return [("reward", i) for i in range(self._size("reward"))]
+        return self.rollout_bundles()
+
+    def learner_bundle(self) -> tuple[str, int]:
+        return ("main", 0)
+
+    def all_bundles(self) -> list[tuple[str, int]]:
+        return [(name, i) for name in self.groups for i in range(self._size(name))]
+
+    def _size(self, name: str) -> int:
+        return len(self.groups[name].bundle_specs)
+
+    def actor_options(self, role: str, bundle: tuple[str, int] = ("main", 0)) -> dict:
+        """Ray options placing `role` on `bundle` with its fractional share of the accelerator."""
+        group, index = bundle
         share = ROLE_SHARES[role]
         options: dict = {
             "num_cpus": self.config.cpus_per_bundle * share,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                placement_group=self.placement_group, placement_group_bundle_index=bundle_index
+                placement_group=self.groups[group], placement_group_bundle_index=index
             ),
         }
         if self.accelerator == "GPU":
@@ -80,4 +120,38 @@ class Pool:
         return options
 
     def shutdown(self) -> None:
-        remove_placement_group(self.placement_group)
+        for pg in self.groups.values():
+            remove_placement_group(pg)
+
+
+class PhaseTimeline:
+    """Busy intervals per (phase, bundle) within one step, and the step's utilisation."""
+
+    def __init__(self, bundles: list[tuple[str, int]]):
+        self.bundles = bundles
+        self.started = time.perf_counter()
+        self.intervals: list[dict] = []
+
+    def run(self, phase: str, calls: dict[tuple[str, int], list]) -> dict[tuple[str, int], list]:
+        """Wait for each bundle's object refs, recording each bundle busy from the phase start
+        until its last ref resolves; returns the resolved values per bundle."""
+        start = time.perf_counter()
+        pending = {ref: bundle for bundle, refs in calls.items() for ref in refs}
+        finished: dict[tuple[str, int], float] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                finished[pending.pop(ref)] = time.perf_counter()
+        for bundle, end in finished.items():
+            self.intervals.append({"phase": phase, "bundle": f"{bundle[0]}/{bundle[1]}",
+                                   "start": start - self.started, "end": end - self.started})
+        return {bundle: ray.get(refs) for bundle, refs in calls.items()}
+
+    def summary(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.started
+        busy = sum(i["end"] - i["start"] for i in self.intervals)
+        out = {"utilisation": busy / (len(self.bundles) * wall) if wall > 0 else 0.0, "step_seconds": wall}
+        for phase in dict.fromkeys(i["phase"] for i in self.intervals):
+            spans = [i for i in self.intervals if i["phase"] == phase]
+            out[f"seconds/{phase}"] = max(i["end"] for i in spans) - min(i["start"] for i in spans)
+        return out

@@ -24,6 +24,23 @@ class Trajectories:
     weights_version: int = -1
     log_prob_maps: torch.Tensor | None = None  # [B, S, C, T', H', W'] per-element, kept for ViPO
 
+    @classmethod
+    def concat(cls, shards: list["Trajectories"]) -> "Trajectories":
+        """Join rollouts sampled on several bundles, in order, into one batch."""
+        first = shards[0]
+        if len(shards) == 1:
+            return first
+        if len({s.weights_version for s in shards}) != 1:
+            raise ValueError(f"shards sampled with different weights: {[s.weights_version for s in shards]}")
+        cat = lambda name: torch.cat([getattr(s, name) for s in shards])  # noqa: E731
+        return cls(
+            prompts=[p for s in shards for p in s.prompts],
+            text_embeds=cat("text_embeds"), latents=cat("latents"), log_probs=cat("log_probs"),
+            sigmas=first.sigmas, videos=cat("videos"), noise_level=first.noise_level,
+            weights_version=first.weights_version,
+            log_prob_maps=cat("log_prob_maps") if first.log_prob_maps is not None else None,
+        )
+
 
 @torch.no_grad()
 def sample_trajectories(

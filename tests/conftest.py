@@ -15,6 +15,7 @@ def ray_cluster(tmp_path_factory):
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(
+        address="local",  # never attach to a head a developer started with `make cluster-up`
         num_cpus=4,
         resources={"accelerator": 2},
         include_dashboard=False,

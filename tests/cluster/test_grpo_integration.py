@@ -16,7 +16,7 @@ def tiny_config(run_dir, **grpo):
         "run_dir": str(run_dir),
         "policy": {"model_path": None},
         "sampling": {"num_steps": 4},
-        "world": {"num_frames": 5, "height": 16, "width": 16},
+        "world": {"num_frames": 5, "height": 24, "width": 24},
         "grpo": {"steps": 3, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 6,
                  "learning_rate": 1e-3, "clip_range": 0.2, "checkpoint_every": 1, **grpo},
     })
@@ -28,7 +28,7 @@ def run_driver(config, resume=False):
     try:
         records = driver.train()
         weights, version = ray.get(driver.learner.get_weights.remote())
-        rollout_version = ray.get(driver.rollout.ping.remote())
+        rollout_version = ray.get(next(iter(driver.rollouts.values())).ping.remote())
         return records, weights, version, rollout_version, driver
     finally:
         driver.shutdown()
@@ -47,11 +47,11 @@ def test_three_grpo_steps_update_weights_and_ship_them(ray_cluster, tmp_path):
             assert 0.0 <= record["reward_mean"] <= 1.0 and record["reward_std"] >= 0.0
             assert "score/toy_judges.color" in record and record["update/optimizer_steps"] > 0
         assert version == version0 + 3
-        assert ray.get(driver.rollout.ping.remote()) == version  # the rollout actor holds the newest weights
+        assert ray.get(next(iter(driver.rollouts.values())).ping.remote()) == version  # the rollout actor holds the newest weights
         changed = [name for name in initial if not torch.equal(initial[name], final[name])]
         assert len(changed) > len(initial) // 2
         with pytest.raises(ray.exceptions.RayTaskError) as info:
-            ray.get(driver.rollout.sample.remote(["a red square moves left on a gray background"], 2, 0, version - 1))
+            ray.get(next(iter(driver.rollouts.values())).sample.remote(["a red square moves left on a gray background"], 2, 0, version - 1))
         assert isinstance(info.value.as_instanceof_cause(), StaleWeightsError)
     finally:
         driver.shutdown()
@@ -80,7 +80,7 @@ def test_all_stage_two_extensions_together(ray_cluster, tmp_path):
         "run_dir": str(tmp_path / "ext"),
         "policy": {"model_path": None},
         "sampling": {"num_steps": 4},
-        "world": {"num_frames": 5, "height": 16, "width": 16},
+        "world": {"num_frames": 5, "height": 24, "width": 24},
         "rewards": {"critics": [{"name": "toy_judges"}],
                     "components": {"color": {"score": "toy_judges.color"}, "motion": {"score": "toy_judges.motion"}}},
         "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 2, "clip_range": 0.2,
