@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from actors.faults import CrashOnRequest
 from cluster.config import RewardsConfig
 from reward_services.base import build_critic
 from reward_services.critics.safety import apply_gate
 
 
-class RewardActor:
+class RewardActor(CrashOnRequest):
     """Scores are returned as {"critic.score": Tensor[B]} so any critic output can be a reward."""
 
     def __init__(self, rewards: RewardsConfig, torch_threads: int = 1):
@@ -21,6 +22,7 @@ class RewardActor:
         for name, critic in self.critics.items():
             for key, value in critic.score(videos, prompts).scores.items():
                 scores[f"{name}.{key}"] = value.float()
+        self._maybe_crash()
         return scores
 
     def release(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from actors.faults import CrashOnRequest
 from actors.offload import Offloadable
 from cluster.config import TeleBoostConfig
 from policy.sampling import Trajectories, sample_trajectories
@@ -14,7 +15,7 @@ class StaleWeightsError(RuntimeError):
     pass
 
 
-class RolloutActor(Offloadable):
+class RolloutActor(Offloadable, CrashOnRequest):
     """Samples G videos per prompt. Refuses to sample with weights older than the driver expects."""
 
     def __init__(self, config: TeleBoostConfig):
@@ -48,6 +49,7 @@ class RolloutActor(Offloadable):
             keep_log_prob_maps=self.config.grpo.vipo.lam > 0,
         )
         trajectories.weights_version = self.weights_version
+        self._maybe_crash()
         return trajectories.videos, trajectories, self.weights_version
 
     def ping(self) -> int:

@@ -122,7 +122,7 @@ class PoolConfig(Section):
 class PretrainConfig(Section):
     """Base-model training on the toy world: the VAE first, then the transformer on its latents."""
 
-    vae_steps: int = Field(600, ge=0)
+    vae_steps: int = Field(800, ge=0)
     vae_clip_frames: int = Field(5, ge=1)
     transformer_steps: int = Field(3000, ge=0)
     dataset_clips: int = Field(2048, ge=1)

@@ -1,0 +1,67 @@
+"""Faults: actors dying mid-phase, corrupt checkpoints, non-finite rewards and losses."""
+
+import math
+
+import pytest
+import ray
+import torch
+
+from actors.learner import PolicyLearner
+from cluster.grpo import GRPODriver
+from policy.sampling import sample_trajectories
+from tests.cluster.test_grpo_integration import run_driver, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("role", ["rollout", "reward"])
+def test_actor_killed_mid_phase_is_restarted_and_the_step_matches(ray_cluster, tmp_path, role):
+    reference, *_ = run_driver(tiny_config(tmp_path / "clean", steps=2))
+    driver = GRPODriver(tiny_config(tmp_path / "crash", steps=2))
+    driver.setup()
+    try:
+        actors = driver.rollouts if role == "rollout" else driver.rewards
+        ray.get(next(iter(actors.values())).arm_crash.remote())
+        records = driver.train()
+    finally:
+        driver.shutdown()
+    assert records[0]["actor_restarts"] == 1
+    for clean, crashed in zip(reference, records):  # the redone phase neither loses nor repeats samples
+        assert crashed["reward_mean"] == clean["reward_mean"]
+        assert crashed["update/loss"] == clean["update/loss"]
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous(ray_cluster, tmp_path):
+    run_driver(tiny_config(tmp_path / "run", steps=2))
+    newest = sorted((tmp_path / "run" / "checkpoints").iterdir())[-1]
+    (newest / "policy.safetensors").write_bytes(b"truncated")
+    records, _, version, rollout_version, _ = run_driver(tiny_config(tmp_path / "run", steps=2), resume=True)
+    assert [r["step"] for r in records] == [1, 2]  # step 2 was recomputed from step 1's checkpoint
+    assert version == rollout_version == 2
+
+
+def test_non_finite_reward_groups_are_dropped_and_counted(tmp_path):
+    driver = GRPODriver(tiny_config(tmp_path))
+    from cluster.advantage import AdvantageEstimator
+
+    driver.estimator = AdvantageEstimator(driver.config)
+    rewards = {"overall": torch.tensor([[0.1, 0.5, 0.2, 0.9], [0.3, float("nan"), 0.2, 0.1]])}
+    kept = torch.isfinite(rewards["overall"]).all(dim=1)
+    advantages, weights, _ = driver.advantages(["a", "b"], rewards, kept)
+    assert torch.isfinite(advantages).all()
+    assert torch.equal(advantages[4:], torch.zeros(4)) and torch.equal(weights[4:], torch.zeros(4))
+    assert advantages[:4].abs().sum() > 0 and torch.equal(weights[:4], torch.ones(4))
+
+
+def test_learner_never_applies_a_non_finite_update():
+    config = tiny_config("/tmp/unused")
+    learner = PolicyLearner(config)
+    before, _ = learner.get_weights()
+    sigmas = torch.linspace(1.0, 0.0, 5)
+    trajectories = sample_trajectories(learner.policy, ["a red square moves left on a gray background"] * 4, sigmas, 0.7,
+                                       (5, 24, 24), torch.Generator().manual_seed(0))
+    metrics = learner.update(torch.tensor([1.0, float("nan"), -1.0, 0.0]), 0, None, trajectories)
+    after, _ = learner.get_weights()
+    assert metrics["skipped_updates"] == 1 and metrics["optimizer_steps"] == 0
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert math.isfinite(metrics["loss"])
