@@ -92,6 +92,11 @@ class RewardsConfig(Section):
     )
     gate: str | None = None
     gate_floor: float = 0.0
+    execution: Literal["actor", "grouped"] = Field(
+        "actor",
+        description="actor: one RewardActor per bundle runs every critic; grouped: one worker process "
+        "per critic, grouped and given quotas by the MPS planner (report §6.1.2)",
+    )
 
     @model_validator(mode="after")
     def _components_name_configured_critics(self):

@@ -36,6 +36,7 @@ import torch
 
 from actors.learner import PolicyLearner
 from actors.reward import RewardActor, component_rewards
+from actors.reward_workers import RewardWorkerGroup
 from actors.rollout import RolloutActor
 from cluster.advantage import AdvantageEstimator
 from cluster.config import TeleBoostConfig
@@ -66,8 +67,15 @@ class GRPODriver:
             return ray.remote(cls).options(**self.pool.actor_options(role, bundle), **RESTARTABLE, runtime_env=env).remote(*args)
 
         self.rollouts = {b: place(RolloutActor, "rollout", b, self.config) for b in self.pool.rollout_bundles()}
-        self.rewards = {b: place(RewardActor, "reward", b, self.config.rewards, self.config.policy.torch_threads)
-                        for b in self.pool.reward_bundles()}
+        self.rewards, self.reward_group = {}, None
+        if self.config.rewards.execution == "grouped":
+            self.reward_group = RewardWorkerGroup(
+                self.config.rewards.critics, pool=self.pool, bundle=self.pool.reward_bundles()[0],
+                run_dir=str(self.run_dir), device="cuda" if self.pool.accelerator == "GPU" else "cpu",
+            )
+        else:
+            self.rewards = {b: place(RewardActor, "reward", b, self.config.rewards, self.config.policy.torch_threads)
+                            for b in self.pool.reward_bundles()}
         self.learner = ray.remote(PolicyLearner).options(
             **self.pool.actor_options("learner", self.pool.learner_bundle()), runtime_env=env
         ).remote(self.config)
@@ -165,6 +173,10 @@ class GRPODriver:
         Disaggregated: the reward pool's actors take the shards round-robin.
         """
         group_size = self.config.grpo.group_size
+        if self.reward_group is not None:
+            scores = self.evaluate_grouped(timeline, video_refs, [p for p in prompts for _ in range(group_size)])
+            components, num_gated = component_rewards(scores, self.config.rewards)
+            return {name: value.view(len(prompts), group_size) for name, value in components.items()}, scores, num_gated
         reward_bundles = list(self.rewards)
         shard_prompts = list(self.shard(prompts, self.rollouts).values())
 
@@ -182,6 +194,16 @@ class GRPODriver:
         scores = {key: torch.cat([shard[key] for shard in per_shard]) for key in per_shard[0]}
         components, num_gated = component_rewards(scores, self.config.rewards)
         return {name: value.view(len(prompts), group_size) for name, value in components.items()}, scores, num_gated
+
+    def evaluate_grouped(self, timeline: PhaseTimeline, video_refs: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Joint reward by planned worker groups: groups in sequence, members at once under their
+        quotas (report §6.1.2); profiles are measured once per input shape and cached on disk."""
+        start = time.perf_counter()
+        videos = torch.cat(ray.get(video_refs))
+        self.reward_group.profile(videos, prompts)
+        phase = self.reward_group.score(videos, prompts, mode="planned")
+        timeline.add("evaluate", self.pool.reward_bundles()[0], start, time.perf_counter())
+        return phase.scores
 
     def advantages(self, prompts, rewards, kept):
         """Advantages [P·G] for the kept groups; dropped groups get advantage 0 and weight 0."""
@@ -283,6 +305,8 @@ class GRPODriver:
     def shutdown(self) -> None:
         for actor in [*self.rollouts.values(), *self.rewards.values(), self.learner]:
             ray.kill(actor, no_restart=True)
+        if self.reward_group is not None:
+            self.reward_group.shutdown()
         self.pool.shutdown()
 
 

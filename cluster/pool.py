@@ -31,7 +31,7 @@ log = logging.getLogger("teleboost.pool")
 
 # Fractions of one bundle's accelerator each role holds; on a colocated bundle they sum to
 # <= 1 so Ray lets all of them live there at once.
-ROLE_SHARES = {"rollout": 0.3, "learner": 0.3, "reward": 0.2, "reward_worker": 0.05}
+ROLE_SHARES = {"rollout": 0.3, "learner": 0.3, "reward": 0.2, "reward_worker": 0.04}
 
 
 def ensure_ray(num_accelerators: int = 1) -> None:
@@ -143,9 +143,13 @@ class PhaseTimeline:
             for ref in done:
                 finished[pending.pop(ref)] = time.perf_counter()
         for bundle, end in finished.items():
-            self.intervals.append({"phase": phase, "bundle": f"{bundle[0]}/{bundle[1]}",
-                                   "start": start - self.started, "end": end - self.started})
+            self.add(phase, bundle, start, end)
         return {bundle: ray.get(refs) for bundle, refs in calls.items()}
+
+    def add(self, phase: str, bundle: tuple[str, int], start: float, end: float) -> None:
+        """Record a busy interval measured elsewhere (perf_counter seconds)."""
+        self.intervals.append({"phase": phase, "bundle": f"{bundle[0]}/{bundle[1]}",
+                               "start": start - self.started, "end": end - self.started})
 
     def summary(self) -> dict[str, float]:
         wall = time.perf_counter() - self.started
