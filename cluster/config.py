@@ -210,6 +210,7 @@ class GRPOConfig(Section):
     inner_epochs: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(10, ge=1)
+    eval_every: int = Field(5, ge=0, description="fixed-seed evaluation on the prompt pool every K steps (0 = off)")
     keep_checkpoints: int = Field(3, ge=1)
     joint_reward: JointRewardConfig = JointRewardConfig()
     bpgo: BPGOConfig = BPGOConfig()

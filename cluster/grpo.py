@@ -122,6 +122,8 @@ class GRPODriver:
             self.version = self.sync_weights()
 
             record = self.record(step, rewards, kept, scores, num_gated, logs, update, timeline)
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == 1):
+                record["eval_reward"] = self.evaluate_fixed()
             self.metrics.write(record)
             log.info("step %d/%d reward %.4f ± %.4f  loss %.4g  (sample %.2fs, evaluate %.2fs, update %.2fs, util %.2f)",
                      step, cfg.steps, record["reward_mean"], record["reward_std"], update["loss"], record["seconds/sample"],
@@ -130,7 +132,8 @@ class GRPODriver:
                 self.save(step)
         records = self.metrics.records()
         if records:
-            plot_curves(records, ["reward_mean"], self.run_dir / "reward_curve.png", "GRPO: mean reward per step")
+            plot_curves(records, ["reward_mean", "eval_reward"], self.run_dir / "reward_curve.png",
+                        "GRPO on the toy world: reward per step and fixed-seed eval")
         return records
 
     # -- phases -----------------------------------------------------------------------------
@@ -224,6 +227,14 @@ class GRPODriver:
             sample_weights[~kept] = 0.0
             log.warning("dropped %d group(s) with non-finite rewards", int((~kept).sum()))
         return advantages.flatten(), None if sample_weights is None else sample_weights.flatten(), logs
+
+    def evaluate_fixed(self) -> float:
+        """Mean reward on the whole prompt pool with the SAME noise every time, so that changes
+        come from the weights alone (the per-step reward also varies with which prompts were drawn)."""
+        timeline = PhaseTimeline(self.pool.all_bundles())
+        video_refs, _ = self.sample(timeline, self.prompt_pool, "eval")
+        rewards, _, _ = self.evaluate(timeline, video_refs, self.prompt_pool)
+        return (sum(rewards.values()) / len(rewards)).nanmean().item()
 
     def sync_weights(self) -> int:
         """Ship the learner's weights to every rollout actor via the object store; returns the version."""

@@ -35,11 +35,16 @@ def plot_curves(records: list[dict], keys: list[str], path: str | Path, title: s
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in records]
     for key in keys:
-        values = [r.get(key) for r in records]
-        line, = ax.plot(steps, values, alpha=0.35, label=f"{key} (per step)")
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if not points:
+            continue
+        steps, values = map(list, zip(*points))
         window = max(1, len(values) // 8)
+        if window == 1:  # sparse series (e.g. periodic evals): points joined, nothing to smooth
+            ax.plot(steps, values, marker="o", label=key)
+            continue
+        line, = ax.plot(steps, values, alpha=0.35, label=f"{key} (per step)")
         smooth = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]) for i in range(len(values))]
         ax.plot(steps, smooth, color=line.get_color(), label=f"{key} (moving avg {window})")
     ax.set_xlabel("step")
