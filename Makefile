@@ -37,6 +37,14 @@ grpo: $(STAMP)
 ## bench: side-by-side measurements printed as ratios (see README's benchmark table)
 bench: $(STAMP)
 	$(PY) -m bench.grpo_step --config $(CONFIG)
+	$(PY) -m bench.pool --config $(CONFIG)
+	$(PY) -m bench.reward_makespan
+	$(PY) -m bench.http_load
+
+## serve-rewards: the reward HTTP endpoint on 127.0.0.1:8000 (POST /v1/score, GET /v1/critics, /healthz, /metrics, /docs)
+REWARD_SERVER_CONFIG ?= configs/reward_server.yaml
+serve-rewards: $(STAMP)
+	$(PY) -m reward_services.serve --config $(REWARD_SERVER_CONFIG)
 
 ## cluster-up / cluster-down: a local Ray head on loopback only, with 2 stand-in accelerators
 cluster-up: $(STAMP)

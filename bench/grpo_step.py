@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as run_dir:
-        overrides = parse_overrides(args.set + [f"run_dir={run_dir}", f"grpo.steps={args.steps}", "grpo.checkpoint_every=1000"])
+        overrides = parse_overrides(args.set + [f"run_dir={run_dir}", f"grpo.steps={args.steps}", "grpo.checkpoint_every=1000", "grpo.eval_every=0"])
         config = load_config(args.config, overrides)
         if config.policy.model_path and not Path(config.policy.model_path).exists():
             print(f"note: {config.policy.model_path} missing (run `make pretrain`); timing a randomly initialised tiny policy")

@@ -102,6 +102,8 @@ class GRPODriver:
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> list[dict]:
         cfg = self.config.grpo
+        if cfg.eval_every and self.start_step == 0:  # the baseline, before any update
+            self.metrics.write({"step": 0, "eval_reward": self.evaluate_fixed()})
         for step in range(self.start_step + 1, cfg.steps + 1):
             timeline = PhaseTimeline(self.pool.all_bundles())
             prompts = self.prompts_for(step)
@@ -122,7 +124,7 @@ class GRPODriver:
             self.version = self.sync_weights()
 
             record = self.record(step, rewards, kept, scores, num_gated, logs, update, timeline)
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == 1):
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 record["eval_reward"] = self.evaluate_fixed()
             self.metrics.write(record)
             log.info("step %d/%d reward %.4f ± %.4f  loss %.4g  (sample %.2fs, evaluate %.2fs, update %.2fs, util %.2f)",

@@ -104,6 +104,8 @@ def _videos(videos) -> torch.Tensor:
     videos = torch.as_tensor(videos)
     if videos.ndim != 5 or videos.shape[-1] != 3:
         raise ValueError(f"videos must be [B, T, H, W, 3]; got shape {tuple(videos.shape)}")
+    if min(videos.shape[2:4]) < 3:  # the judges compare 3x3 neighbourhoods
+        raise ValueError(f"videos must be at least 3x3 pixels; got {videos.shape[2]}x{videos.shape[3]}")
     if videos.dtype == torch.uint8:
         return videos.to("cpu", torch.float32) / 255.0
     return videos.detach().to("cpu", torch.float32).clamp(0.0, 1.0)

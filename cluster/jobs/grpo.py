@@ -11,10 +11,10 @@ def main(argv: list[str] | None = None) -> None:
     from cluster import grpo  # after validation: a bad config fails before Ray or torch models load
 
     records = grpo.run(config, resume=args.resume)
-    if records:
-        first, last = records[0], records[-1]
-        print(f"GRPO done: {len(records)} steps, reward {first['reward_mean']:.4f} -> {last['reward_mean']:.4f}; "
-              f"curve at {config.run_dir}/reward_curve.png")
+    evals = [(r["step"], r["eval_reward"]) for r in records if "eval_reward" in r]
+    summary = " -> ".join(f"{value:.4f} (step {step})" for step, value in evals[:1] + evals[-1:])
+    print(f"GRPO done: {sum('reward_mean' in r for r in records)} steps; fixed-seed eval reward {summary}; "
+          f"curve at {config.run_dir}/reward_curve.png")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def tiny_config(run_dir, **grpo):
         "sampling": {"num_steps": 4},
         "world": {"num_frames": 5, "height": 24, "width": 24},
         "grpo": {"steps": 3, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 6,
-                 "learning_rate": 1e-3, "clip_range": 0.2, "checkpoint_every": 1, **grpo},
+                 "learning_rate": 1e-3, "clip_range": 0.2, "checkpoint_every": 1, "eval_every": 0, **grpo},
     })
 
 
@@ -35,15 +35,16 @@ def run_driver(config, resume=False):
 
 
 def test_three_grpo_steps_update_weights_and_ship_them(ray_cluster, tmp_path):
-    config = tiny_config(tmp_path / "run")
+    config = tiny_config(tmp_path / "run", eval_every=2)
     driver = GRPODriver(config)
     driver.setup()
     try:
         initial, version0 = ray.get(driver.learner.get_weights.remote())
         records = driver.train()
         final, version = ray.get(driver.learner.get_weights.remote())
-        assert [r["step"] for r in records] == [1, 2, 3]
-        for record in records:
+        assert [r["step"] for r in records] == [0, 1, 2, 3]
+        assert [r["step"] for r in records if "eval_reward" in r] == [0, 2, 3]  # baseline, every 2, last
+        for record in records[1:]:
             assert 0.0 <= record["reward_mean"] <= 1.0 and record["reward_std"] >= 0.0
             assert "score/toy_judges.color" in record and record["update/optimizer_steps"] > 0
         assert version == version0 + 3
@@ -83,7 +84,7 @@ def test_all_stage_two_extensions_together(ray_cluster, tmp_path):
         "world": {"num_frames": 5, "height": 24, "width": 24},
         "rewards": {"critics": [{"name": "toy_judges"}],
                     "components": {"color": {"score": "toy_judges.color"}, "motion": {"score": "toy_judges.motion"}}},
-        "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 2, "clip_range": 0.2,
+        "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 2, "clip_range": 0.2, "eval_every": 0,
                  "joint_reward": {"mode": "min_norm"}, "bpgo": {"ras": True, "crt": True, "prior_groups": 1},
                  "vipo": {"lam": 0.5, "patch": 4},
                  "self_paced": {"enabled": True, "reward_phases": {"color": "visual_fidelity", "motion": "semantic_alignment"}}},

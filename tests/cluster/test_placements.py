@@ -16,7 +16,7 @@ def config(run_dir, pool, rewards=None):
         "world": {"num_frames": 5, "height": 24, "width": 24},
         "pool": pool,
         "rewards": rewards or {},
-        "grpo": {"steps": 1, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 4, "clip_range": 0.2},
+        "grpo": {"steps": 1, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 4, "clip_range": 0.2, "eval_every": 0},
     })
 
 

@@ -331,3 +331,13 @@ def test_count_is_graded_specks_count_a_little_and_merged_objects_more_than_one(
     assert 0.8 < scores[1] < scores[0]  # a speck costs a little, not a whole object
     assert 0.1 < scores[2] < 0.6 and 0.1 < scores[3] < 0.6  # the blob reads as 1.5 objects
     assert scores[4] < 0.05
+
+
+def test_frames_too_small_to_judge_are_refused_with_a_value_error():
+    import pytest
+    import torch
+
+    from toyworld.judges import judge_all
+
+    with pytest.raises(ValueError, match="at least 3x3"):
+        judge_all(torch.zeros(1, 9, 1, 8, 3), ["a red square moves left on a gray background"])
