@@ -39,6 +39,15 @@ def _batch(world: ToyWorld, size: int, seed: int) -> tuple[torch.Tensor, list[st
     return torch.stack([c.video for c in clips]), [c.prompt for c in clips]
 
 
+def _optimizer_step(optimizer, schedule, loss: torch.Tensor, max_grad_norm: float = 1.0) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for group in optimizer.param_groups:
+        torch.nn.utils.clip_grad_norm_(group["params"], max_grad_norm)
+    optimizer.step()
+    schedule.step()
+
+
 def train_vae(policy: VideoPolicy, world: ToyWorld, cfg, seed: int) -> None:
     """Reconstruction (L1 + L2) + a small KL, on short clips.
 
@@ -58,12 +67,7 @@ def train_vae(policy: VideoPolicy, world: ToyWorld, cfg, seed: int) -> None:
         posterior = vae.encode(pixels).latent_dist
         recon = vae.decode(posterior.sample()).sample
         recon_loss = (recon - pixels).abs().mean() + (recon - pixels).pow(2).mean()
-        loss = recon_loss + cfg.kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        _optimizer_step(optimizer, schedule, recon_loss + cfg.kl_weight * posterior.kl().mean())
         if step % 100 == 0 or step == cfg.vae_steps - 1:
             log.info("vae step %d/%d recon %.4f (%.0fs)", step + 1, cfg.vae_steps, recon_loss.item(), time.time() - started)
     vae.requires_grad_(False)
@@ -110,11 +114,7 @@ def train_transformer(policy: VideoPolicy, world: ToyWorld, cfg, shift: float, s
         s = sigma.view(-1, 1, 1, 1, 1)
         x_t = (1 - s) * x0 + s * noise
         loss = (policy.velocity(x_t, sigma, text) - (noise - x0)).pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        _optimizer_step(optimizer, schedule, loss)
         if step % 200 == 0 or step == cfg.transformer_steps - 1:
             log.info("transformer step %d/%d loss %.4f (%.0fs)", step + 1, cfg.transformer_steps, loss.item(), time.time() - started)
     transformer.requires_grad_(False)
