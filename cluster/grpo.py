@@ -139,11 +139,22 @@ class GRPODriver:
         return records
 
     # -- phases -----------------------------------------------------------------------------
+    def activate(self, phase: str) -> None:
+        """Temporal multiplexing (report §6.1.1): on a colocated pool, wake the actors of `phase`
+        and have every other role give its accelerator memory back (offload / VLM sleep)."""
+        if self.config.pool.placement != "colocated":
+            return
+        roles = {"sample": list(self.rollouts.values()), "evaluate": list(self.rewards.values()), "update": [self.learner]}
+        calls = [actor.wake.remote() if role == phase else actor.release.remote()
+                 for role, actors in roles.items() for actor in actors]
+        ray.get(calls)
+
     def run_phase(self, timeline: PhaseTimeline, phase: str, submit, restartable: dict) -> dict:
         """Run one phase; if an actor dies, wait for Ray to restart it, re-ship the weights and
         redo the whole phase with the same seeds (so its results replace, never add to, the lost ones)."""
         for attempt in range(self.config.pool.max_phase_retries + 1):
             try:
+                self.activate(phase)
                 return timeline.run(phase, submit())
             except ray.exceptions.RayActorError as err:
                 if not restartable or attempt == self.config.pool.max_phase_retries:

@@ -40,3 +40,26 @@ def test_grouped_joint_reward_scores_like_the_reward_actor(ray_cluster, tmp_path
     for key in score_keys:  # workers run under a thread quota: float sums may reorder, nothing more
         assert grouped[0][key] == pytest.approx(actor[0][key], rel=1e-4, abs=1e-9), key
     assert (tmp_path / "grouped" / "reward_profiles.json").exists()
+
+
+def test_colocated_actors_are_awake_only_in_their_phase(ray_cluster, tmp_path):
+    import ray
+
+    from cluster.grpo import GRPODriver
+
+    driver = GRPODriver(config(tmp_path, {"num_bundles": 1}))
+    driver.setup()
+    try:
+        rollout = next(iter(driver.rollouts.values()))
+
+        def awake(actor):
+            return ray.get(actor.__ray_call__.remote(lambda self: self.awake))
+
+        driver.activate("evaluate")
+        assert not awake(rollout) and not awake(driver.learner)
+        driver.activate("sample")
+        assert awake(rollout) and not awake(driver.learner)
+        driver.activate("update")
+        assert awake(driver.learner) and not awake(rollout)
+    finally:
+        driver.shutdown()
