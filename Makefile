@@ -49,7 +49,8 @@ serve-rewards: $(STAMP)
 ## cluster-up / cluster-down: a local Ray head on loopback only, with 2 stand-in accelerators
 cluster-up: $(STAMP)
 	$(VENV)/bin/ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
-		--resources='{"accelerator": 2}' --disable-usage-stats
+		--resources='{"accelerator": 2}' --disable-usage-stats \
+		--dashboard-agent-listen-port=52390  # not the default 52365 that any other local Ray instance takes
 cluster-down:
 	-$(VENV)/bin/ray stop
 
