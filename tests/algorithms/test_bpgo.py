@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from tests.helpers import assert_close
+
 from algorithms.bpgo import (
     RewardPrior,
     bpgo_advantages,
@@ -13,10 +15,6 @@ from algorithms.bpgo import (
 )
 
 
-def _assert_close(actual, expected, rtol=1e-6, atol=1e-7):
-    """torch.allclose with a readable failure (torch.testing's first call costs ~0.3 s)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), (actual - expected).abs().max()
 
 
 def _plain_grpo(rewards, eps=1e-6):  # report eq. (1), written out independently
@@ -42,7 +40,7 @@ def test_both_off_is_exactly_plain_grpo(dtype):
         from algorithms.grpo import group_advantages
     except ImportError:
         return
-    _assert_close(out.advantages, group_advantages(rewards, eps=1e-6), rtol=0, atol=1e-6)
+    assert_close(out.advantages, group_advantages(rewards, eps=1e-6), rtol=0, atol=1e-6)
 
 
 def test_ras_down_weights_spread_and_deviation():
@@ -93,13 +91,13 @@ def test_crt_monotone_and_stretches_confident_winners():
     assert (crt[0, 2] - crt[0, 0]) < (plain[0, 2] - plain[0, 0])  # ambiguous spread compressed
     # all-ambiguous group: compressed by exactly `compress`; all-winning group: stretched
     amb = torch.tensor([[-0.3, 0.1, 0.4]], dtype=torch.float64)
-    _assert_close(contrastive_advantages(amb, zero, one, compress=0.5, eps=0.0),
+    assert_close(contrastive_advantages(amb, zero, one, compress=0.5, eps=0.0),
                                0.5 * _plain_grpo(amb, eps=0.0))
     win = amb + 5.0
-    _assert_close(contrastive_advantages(win, zero, one, stretch=2.0, eps=0.0),
+    assert_close(contrastive_advantages(win, zero, one, stretch=2.0, eps=0.0),
                                2.0 * _plain_grpo(win, eps=0.0))
     # identity transform is plain GRPO
-    _assert_close(contrastive_advantages(rewards, mu, sigma, stretch=1.0, compress=1.0),
+    assert_close(contrastive_advantages(rewards, mu, sigma, stretch=1.0, compress=1.0),
                                _plain_grpo(rewards))
 
 
@@ -108,8 +106,8 @@ def test_shift_invariance(use_ras, use_crt):
     rewards, mu, sigma = _batch(5)
     a = bpgo_advantages(rewards, mu, sigma, use_ras=use_ras, use_crt=use_crt)
     b = bpgo_advantages(rewards + 7.25, mu + 7.25, sigma, use_ras=use_ras, use_crt=use_crt)
-    _assert_close(a.advantages, b.advantages, rtol=0, atol=1e-10)
-    _assert_close(a.group_weights, b.group_weights, rtol=0, atol=1e-10)
+    assert_close(a.advantages, b.advantages, rtol=0, atol=1e-10)
+    assert_close(a.group_weights, b.group_weights, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("rule", ["ema", "bayes", "frozen"])

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from tests.helpers import assert_close
+
 from algorithms.vipo import (
     advantage_map_from_features,
     normalize_and_mix,
@@ -12,10 +14,6 @@ from algorithms.vipo import (
 )
 
 
-def _assert_close(actual, expected, rtol=1e-6, atol=1e-7):
-    """torch.allclose with a readable failure (torch.testing's first call costs ~0.3 s)."""
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert torch.allclose(actual, expected, rtol=rtol, atol=atol), (actual - expected).abs().max()
 
 
 def _plain_grpo_surrogate(log_ratio, advantages, clip_range):
@@ -51,7 +49,7 @@ def test_map_weights_the_policy_gradient():
     log_ratio = torch.zeros(2, 2, 3, 3, requires_grad=True)
     vipo_surrogate(log_ratio, advantages, adv_map, clip_range=0.2).backward()
     expected = -adv_map * advantages[:, None, None, None] / (18 * 2)
-    _assert_close(log_ratio.grad, expected)
+    assert_close(log_ratio.grad, expected)
 
 
 def test_normalized_map_has_mean_one():
@@ -59,7 +57,7 @@ def test_normalized_map_has_mean_one():
     assert raw.shape == (2, 5, 3, 6, 6) and raw.min() >= 0
     for lam in (0.0, 0.3, 1.0):
         mixed = normalize_and_mix(raw, lam)
-        _assert_close(mixed.mean(dim=(-3, -2, -1)), torch.ones(2, 5))
+        assert_close(mixed.mean(dim=(-3, -2, -1)), torch.ones(2, 5))
     flat = normalize_and_mix(torch.zeros(2, 3, 4, 4), lam=1.0)  # no deviation at all -> uniform
     assert torch.equal(flat, torch.ones_like(flat))
     with pytest.raises(ValueError, match="lam"):
@@ -101,6 +99,6 @@ def test_resample_keeps_mean_one_and_shape(mode):
     adv_map = normalize_and_mix(torch.rand(3, 9, 16, 16) ** 4, lam=0.8)
     latent = resample_to_latent(adv_map, (3, 4, 4), mode=mode)
     assert latent.shape == (3, 3, 4, 4)
-    _assert_close(latent.mean(dim=(-3, -2, -1)), torch.ones(3))
+    assert_close(latent.mean(dim=(-3, -2, -1)), torch.ones(3))
     up = resample_to_latent(adv_map, (9, 32, 32), mode=mode)
-    _assert_close(up.mean(dim=(-3, -2, -1)), torch.ones(3))
+    assert_close(up.mean(dim=(-3, -2, -1)), torch.ones(3))
