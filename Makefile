@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-## demo: pretrain the toy base model (cached), then 40 GRPO steps on a local Ray cluster
+## demo: pretrain the toy base model (cached), then 30 GRPO steps on a local Ray cluster
 demo: $(STAMP)
 	$(PY) -m cluster.jobs.pretrain --config $(CONFIG)
 	$(PY) -m cluster.jobs.grpo --config $(CONFIG)
