@@ -311,6 +311,7 @@ class GRPODriver:
             "gated_samples": num_gated,
             "dropped_groups": int((~kept).sum()),
             "actor_restarts": self.actor_restarts,
+            **({f"reward_workers/{k}": v for k, v in self.reward_group.metrics.items()} if self.reward_group else {}),
             **{f"update/{k}": v for k, v in update.items()},
             "weights_version": self.version,
             **timeline.summary(),

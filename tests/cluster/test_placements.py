@@ -40,6 +40,8 @@ def test_grouped_joint_reward_scores_like_the_reward_actor(ray_cluster, tmp_path
     for key in score_keys:  # workers run under a thread quota: float sums may reorder, nothing more
         assert grouped[0][key] == pytest.approx(actor[0][key], rel=1e-4, abs=1e-9), key
     assert (tmp_path / "grouped" / "reward_profiles.json").exists()
+    assert grouped[0]["reward_workers/mps_status"] == "cpu-threads"  # the quota is a thread share here
+    assert grouped[0]["reward_workers/profile_measurements"] == 2
 
 
 def test_colocated_actors_are_awake_only_in_their_phase(ray_cluster, tmp_path):

@@ -7,6 +7,7 @@ failing_critic.py and reaches the replicas through `extra_critic_modules`.
 
 import base64
 import io
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -342,7 +343,9 @@ near_valid = st.fixed_dictionaries(
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(json_values, near_valid))
 def test_garbage_is_never_a_5xx(url, payload):
-    response = httpx.post(url + "/v1/score", json=payload, timeout=30)
+    # Sent as bytes: json.dumps writes inf as `Infinity` (not JSON), which httpx's own encoder refuses.
+    response = httpx.post(url + "/v1/score", content=json.dumps(payload), timeout=30,
+                          headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["error"]["field"]
 
