@@ -13,7 +13,7 @@ counter; the actors own state. Each step moves the whole pool through three phas
               weights go to every rollout actor through the object store with a new version.
 
 Supports: `colocated` and `disaggregated` placements (cluster/pool.py), with a per-step
-timeline and utilisation; the Stage II extensions as config switches; standalone runs and
+timeline (`timeline.jsonl`: start and end of each phase per bundle) and utilisation; the Stage II extensions as config switches; standalone runs and
 `ray job submit`; checkpoints every K steps (atomic, checksummed, corrupt ones skipped) and
 `--resume`, which on CPU reproduces an uninterrupted run exactly; a rollout or reward actor
 that dies mid-phase is restarted by Ray and the phase is redone with the same seeds, so no
@@ -95,6 +95,7 @@ class GRPODriver:
         elif self.resume:
             log.warning("--resume given but no valid checkpoint in %s: starting fresh", self.checkpoint_dir)
         self.metrics = MetricsLog(self.run_dir, resume_step=self.start_step if checkpoint else None)
+        self.timelines = MetricsLog(self.run_dir, resume_step=self.start_step if checkpoint else None, name="timeline.jsonl")
         self.version = self.sync_weights()
         if checkpoint is None and self.config.grpo.bpgo.enabled:
             self.estimate_reward_prior()
@@ -127,6 +128,7 @@ class GRPODriver:
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                 record["eval_reward"] = self.evaluate_fixed()
             self.metrics.write(record)
+            self.timelines.write({"step": step, "intervals": timeline.intervals})
             log.info("step %d/%d reward %.4f ± %.4f  loss %.4g  (sample %.2fs, evaluate %.2fs, update %.2fs, util %.2f)",
                      step, cfg.steps, record["reward_mean"], record["reward_std"], update["loss"], record["seconds/sample"],
                      record["seconds/evaluate"], record["seconds/update"], record["utilisation"])

@@ -10,8 +10,8 @@ class MetricsLog:
     """Append-only JSONL; on resume, lines after the checkpoint's step are dropped so the file
     describes exactly one history."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, name: str = "metrics.jsonl"):
+        self.path = Path(run_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")

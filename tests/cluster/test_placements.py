@@ -1,5 +1,7 @@
 """Pool placements and reward execution modes on the session's real Ray cluster."""
 
+import json
+
 import pytest
 
 from cluster.config import parse_config
@@ -28,6 +30,15 @@ def test_both_placements_complete_a_step_with_a_timeline(ray_cluster, tmp_path, 
     assert record["update/optimizer_steps"] == 2  # 8 samples in minibatches of group_size 4
     assert 0 < record["utilisation"] <= 1.0
     assert record["seconds/sample"] > 0 and record["seconds/evaluate"] > 0 and record["seconds/update"] > 0
+    (timeline,) = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
+    busy = {(i["phase"], i["bundle"]) for i in timeline["intervals"]}
+    if placement == "colocated":  # every bundle samples and evaluates; bundle 0 also updates
+        assert busy == {("sample", "main/0"), ("sample", "main/1"), ("evaluate", "main/0"),
+                        ("evaluate", "main/1"), ("update", "main/0")}
+    else:  # the reward pool only evaluates, the main pool never does
+        assert busy == {("sample", "main/0"), ("evaluate", "reward/0"), ("update", "main/0")}
+    phases = {i["phase"]: i for i in timeline["intervals"]}
+    assert phases["sample"]["end"] <= phases["evaluate"]["start"] + 1e-6 <= phases["update"]["start"] + 1e-6
 
 
 def test_grouped_joint_reward_scores_like_the_reward_actor(ray_cluster, tmp_path):
