@@ -1,0 +1,400 @@
+"""Stage II ablations on the toy world: each mechanism against plain GRPO on the failure it targets.
+
+    python -m bench.ablations [--seeds 3] [--steps 24] [--only a,b,c,d] [--quick] [--out runs/ablations]
+                              [--controls] [--resume]
+
+Every arm is a real GRPO run of the driver (cluster/grpo.py) on ONE local Ray cluster, started
+once, from the pretrained base model (runs/base/tiny); all arms of an ablation share the seeds
+(hence the prompts, the step-1 rollouts and every sampling seed) and the step budget, and differ
+only in the switch under test. Reported: mean ± sample std over seeds per arm, and the paired
+difference (method − baseline, same seed), in `<out>/results.md`, with the curves in
+`<out>/curves.png` and every run's `metrics.jsonl` under `<out>/<ablation>/<arm>/seed<k>/`.
+
+(a) BPGO (§3.3)        reward = toy overall + N(0, 0.3²) on "ambiguous" prompts (horizontal
+                       motion), clean elsewhere (critic `noisy_toy`); trained on the noisy score.
+                       Metric: improvement of the CLEAN toy overall (last-k minus first-k mean).
+(b) ViPO (§3.2)        reward = ½ flicker-stability of the top-left 8x8 corner + ½ toy overall
+                       (critic `local_defect`). Metrics: steps until the trailing 3-step mean
+                       reward is step-1 reward + 0.05 (budget + 1 if never), final reward.
+                       `--controls` adds ViPO with lam -> 0: its per-element clipped surrogate
+                       with a uniform map, to separate the map's effect from the surrogate's.
+(c) Joint reward (§3.5) rewards toy `motion` and `stillness.still` (motion judged as if the prompt
+                       said "stays still"): conflicting for every prompt with a direction.
+                       Metric: the worse of the two improvements. Note: two group-standardised
+                       advantages have equal norms, and then eq. (4)'s minimiser is exactly
+                       c = (½, ½) (the midpoint of the segment); so with N = 2 min_norm equals
+                       advantage_sum with equal weights, and this compares per-reward
+                       normalisation with the scalarised sum.
+(d) Self-Paced (§3.4)  rewards `coarse_smoothness.fidelity` (toy smoothness through a critic that
+                       caps at 1 above smoothness 0.45 and has N(0, 0.02²) noise: it saturates to
+                       noise; phase visual_fidelity) and toy `motion` (phase semantic_alignment),
+                       advantages summed per reward (advantage_sum) in both arms, so a saturated
+                       reward's advantage is normalised noise; fixed = equal weights.
+                       Metric: improvement of motion (the later phase).
+
+Improvements are over the run's own start: k = min(5, steps // 2) steps at each end.
+Limits: 4 fixed prompts per seed (the prompt pool IS the batch), so the curves measure fitting
+those prompts, not generalisation; 5-frame 32x32 clips and 6 denoising steps keep a run under a
+minute on 2 cores; three seeds separate only large effects (read the per-seed columns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_MODEL = ROOT / "runs" / "base" / "tiny"
+
+# Written out so an edit of configs/toy.yaml cannot move this benchmark. lr 3e-4 as in toy.yaml; clip
+# 1e-3 and no KL term (toy.yaml's earlier values): toy.yaml now uses clip 1e-2 + KL 0.01 for 40-step
+# runs, but over 24 steps KL 0.01 only slowed the plain-GRPO check of (b) (seed 0: +0.05 vs +0.10
+# reward) and its reference forward costs time. Fixed-seed evals are off (not used, cost a sample pass).
+COMMON = {
+    "world": {"num_frames": 5, "height": 32, "width": 32, "kinds": ["object"]},
+    "policy": {"preset": "tiny", "model_path": str(BASE_MODEL), "trainable": "full", "torch_threads": 1},
+    "sampling": {"num_steps": 6, "shift": 3.0, "noise_level": 0.7},
+    "pool": {"num_bundles": 1, "placement": "colocated"},
+    "grpo": {
+        "prompts_per_step": 4, "prompt_pool": 4, "group_size": 8,
+        "learning_rate": 3.0e-4, "clip_range": 1.0e-3, "kl_beta": 0.0, "timestep_fraction": 0.6,
+        "checkpoint_every": 1_000_000, "keep_checkpoints": 1, "eval_every": 0,
+    },
+}
+TARGET_DELTA = 0.05  # (b): reward gain over step 1 that counts as "reached" (plain GRPO: ~mid-budget on seed 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics on one run's records (list of per-step dicts from the driver)
+
+
+def series(records: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in records]
+
+
+def window(records: list[dict]) -> int:
+    return max(1, min(5, len(records) // 2))
+
+
+def improvement(records: list[dict], key: str) -> float:
+    """Mean of the last k steps minus mean of the first k steps."""
+    values, k = series(records, key), window(records)
+    return statistics.fmean(values[-k:]) - statistics.fmean(values[:k])
+
+
+def final(records: list[dict], key: str) -> float:
+    values, k = series(records, key), window(records)
+    return statistics.fmean(values[-k:])
+
+
+def steps_to_target(records: list[dict], key: str = "reward_mean", delta: float = TARGET_DELTA, trailing: int = 3) -> float:
+    """First step whose trailing `trailing`-step mean reaches step 1's value + delta; len + 1 if never.
+    Step 1 is sampled from the base weights with the seed's sampling seed, so it is the same in
+    every arm of a seed."""
+    values = series(records, key)
+    target = values[0] + delta
+    for i in range(trailing - 1, len(values)):
+        if statistics.fmean(values[i - trailing + 1:i + 1]) >= target:
+            return float(records[i]["step"])
+    return float(len(values) + 1)
+
+
+def phase_switch_step(records: list[dict]) -> float:
+    """First step logged in a later curriculum phase (NaN if it never moved or no curriculum)."""
+    for r in records:
+        if r.get("curriculum/phase_index", 0.0) > 0:
+            return float(r["step"])
+    return math.nan
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    compute: Callable[[list[dict]], float]
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class Ablation:
+    key: str
+    title: str
+    setup: str  # one line for the report
+    rewards: dict
+    arms: dict[str, dict]  # label -> grpo overrides; the first arm is the baseline
+    metrics: tuple[Metric, ...]  # the first one is the headline metric
+    curves: tuple[str, ...]  # record keys drawn in curves.png
+    grpo: dict = field(default_factory=dict)  # overrides shared by both arms
+    controls: dict[str, dict] = field(default_factory=dict)  # extra diagnostic arms, only with --controls
+
+    def arm_overrides(self, controls: bool = False) -> dict[str, dict]:
+        return {**self.arms, **(self.controls if controls else {})}
+
+    def config(self, arm: str, seed: int, steps: int, run_dir: Path):
+        from cluster.config import parse_config
+
+        grpo = {**COMMON["grpo"], "steps": steps, **self.grpo}
+        data = {**COMMON, "run_dir": str(run_dir), "seed": seed, "rewards": self.rewards, "grpo": grpo}
+        return parse_config(data, {"grpo": self.arm_overrides(controls=True)[arm]})
+
+
+SELF_PACED = {
+    "enabled": True, "reward_phases": {"fidelity": "visual_fidelity", "motion": "semantic_alignment"},
+    "window": 3, "patience": 1, "std_threshold": 0.05, "saturation_threshold": 0.9, "floor": 0.1,
+}
+
+ABLATIONS = {
+    "a": Ablation(
+        key="a", title="(a) BPGO vs GRPO: noisy reward on ambiguous prompts",
+        setup="trained on noisy_toy.noisy = toy overall + N(0, 0.3²) on horizontal-motion prompts (clean elsewhere); "
+              "BPGO = RAS + CRT, prior from 1 reference group per prompt, EMA; metric on the clean toy overall",
+        rewards={"critics": [{"name": "noisy_toy", "options": {"noise_std": 0.3, "ambiguous_motions": ["left", "right"]}}],
+                 "components": {"noisy": {"score": "noisy_toy.noisy"}}},
+        arms={"GRPO": {}, "BPGO": {"bpgo": {"ras": True, "crt": True}}},
+        metrics=(Metric("clean-objective improvement", lambda r: improvement(r, "score/noisy_toy.overall")),
+                 Metric("noisy-reward improvement", lambda r: improvement(r, "reward/noisy"))),
+        curves=("score/noisy_toy.overall",),
+    ),
+    "b": Ablation(
+        key="b", title="(b) ViPO vs GRPO: a local defect (corner flicker)",
+        setup="trained on local_defect.score = ½ exp(-flicker/0.02) of the top-left 8x8 corner + ½ toy overall; "
+              "ViPO lam 0.75, pixel backbone, patch 4",
+        rewards={"critics": [{"name": "local_defect"}], "components": {"score": {"score": "local_defect.score"}}},
+        arms={"GRPO": {}, "ViPO": {"vipo": {"lam": 0.75, "backbone": "pixel", "patch": 4}}},
+        # ViPO's surrogate clips every latent element's ratio (report eq. 2), GRPO the per-sample
+        # mean: lam -> 0 keeps ViPO's per-element surrogate with a uniform map, separating the two.
+        controls={"ViPO uniform map": {"vipo": {"lam": 1e-6, "backbone": "pixel", "patch": 4}}},
+        metrics=(Metric(f"steps to step-1 reward + {TARGET_DELTA:g}", steps_to_target, higher_is_better=False),
+                 Metric("final reward", lambda r: final(r, "reward_mean")),
+                 Metric("final corner stability", lambda r: final(r, "score/local_defect.stability"))),
+        curves=("reward_mean",),
+    ),
+    "c": Ablation(
+        key="c", title="(c) min-norm vs weighted-sum joint reward: conflicting rewards",
+        setup="components toy_judges.motion and stillness.still (same motion judge asked for 'stays still'), "
+              "weights 1:1; weighted_sum (Σ r then group-normalised) vs min_norm (report eq. 4)",
+        rewards={"critics": [{"name": "toy_judges"}, {"name": "stillness"}],
+                 "components": {"motion": {"score": "toy_judges.motion"}, "still": {"score": "stillness.still"}}},
+        arms={"weighted_sum": {"joint_reward": {"mode": "weighted_sum"}}, "min_norm": {"joint_reward": {"mode": "min_norm"}}},
+        metrics=(Metric("worst-objective improvement",
+                        lambda r: min(improvement(r, "reward/motion"), improvement(r, "reward/still"))),
+                 Metric("motion improvement", lambda r: improvement(r, "reward/motion")),
+                 Metric("still improvement", lambda r: improvement(r, "reward/still"))),
+        curves=("reward/motion", "reward/still"),
+    ),
+    "d": Ablation(
+        key="d", title="(d) Self-Paced vs fixed weights: a saturating first reward",
+        setup="components coarse_smoothness.fidelity = min(1, smoothness/0.45) + N(0, 0.02²) (visual_fidelity; "
+              "saturates to noise) and toy motion (semantic_alignment), advantage_sum in both arms; fixed = 0.5/0.5; "
+              f"self-paced window {SELF_PACED['window']}, patience {SELF_PACED['patience']}, std_threshold "
+              f"{SELF_PACED['std_threshold']}, saturation_threshold {SELF_PACED['saturation_threshold']}, floor {SELF_PACED['floor']}",
+        rewards={"critics": [{"name": "toy_judges"}, {"name": "coarse_smoothness", "options": {"threshold": 0.45, "noise_std": 0.02}}],
+                 "components": {"fidelity": {"score": "coarse_smoothness.fidelity", "weight": 0.5},
+                                "motion": {"score": "toy_judges.motion", "weight": 0.5}}},
+        grpo={"joint_reward": {"mode": "advantage_sum"}},
+        arms={"fixed": {}, "self_paced": {"self_paced": SELF_PACED}},
+        metrics=(Metric("motion (later-phase) improvement", lambda r: improvement(r, "reward/motion")),
+                 Metric("fidelity improvement", lambda r: improvement(r, "reward/fidelity")),
+                 Metric("phase switch step", phase_switch_step, higher_is_better=False)),
+        curves=("reward/motion", "reward/fidelity"),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+def run_arm(ablation: Ablation, arm: str, seed: int, steps: int, out: Path, resume: bool = False) -> tuple[list[dict], bool]:
+    """(per-step training records, whether they were reused). Each finished run leaves
+    `bench_run.json` (its config and records) in its run dir; with `resume` a run whose stored
+    config equals this one is read back instead of recomputed, so an interrupted benchmark
+    (e.g. a Ray node killed from outside) continues where it stopped."""
+    from cluster.grpo import GRPODriver
+
+    config = ablation.config(arm, seed, steps, out / ablation.key / arm / f"seed{seed}")
+    done = Path(config.run_dir) / "bench_run.json"
+    wanted = config.model_dump(mode="json")
+    if resume and done.exists():
+        stored = json.loads(done.read_text())
+        if stored.get("config") == wanted:
+            return stored["records"], True
+    driver = GRPODriver(config)
+    driver.setup()
+    try:
+        records = [r for r in driver.train() if "reward_mean" in r]  # training steps only
+    finally:
+        driver.shutdown()
+    done.write_text(json.dumps({"config": wanted, "records": records}))
+    return records, False
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    mean, std = mean_std(values)
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:+.{digits}f} ± {std:.{digits}f}" if digits else f"{mean:.1f} ± {std:.1f}"
+
+
+def per_seed(values: list[float], digits: int, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    return ", ".join("n/a" if not math.isfinite(v) else f"{v:{sign}.{digits}f}" for v in values)
+
+
+def digits_for(metric: Metric) -> int:
+    return 0 if "step" in metric.name else 3
+
+
+def summarise(results: dict, seeds: list[int]) -> list[str]:
+    """Markdown lines: per ablation, one row per arm per metric, plus the paired difference."""
+    lines = []
+    for key, by_arm in results.items():
+        ablation = ABLATIONS[key]
+        arms = list(by_arm)
+        lines += [f"### {ablation.title}", "", f"Setup: {ablation.setup}.", "",
+                  "| metric | arm | mean ± std | per seed (" + ", ".join(map(str, seeds)) + ") |",
+                  "| --- | --- | --- | --- |"]
+        for metric in ablation.metrics:
+            d = digits_for(metric)
+            per_arm = {arm: [metric.compute(records) for records in by_arm[arm]] for arm in arms}
+            for arm in arms:
+                lines.append(f"| {metric.name} | {arm} | {fmt(per_arm[arm], d)} | {per_seed(per_arm[arm], d)} |")
+            better = "higher" if metric.higher_is_better else "lower"
+            for arm in arms[1:]:
+                diff = [m - b for m, b in zip(per_arm[arm], per_arm[arms[0]])]
+                lines.append(f"| {metric.name} | {arm} − {arms[0]} (paired; {better} favours {arm}) | "
+                             f"{fmt(diff, d)} | {per_seed(diff, d, signed=True)} |")
+        lines.append("")
+    return lines
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = list(results)
+    cols = 2 if len(keys) == 4 else len(keys)
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        ablation = ABLATIONS[key]
+        for colour, (arm, runs) in zip(("tab:blue", "tab:red", "tab:green"), results[key].items()):
+            for style, curve in zip(("-", "--", ":"), ablation.curves):
+                values = np.array([series(records, curve) for records in runs])  # [seeds, steps]
+                steps = np.arange(1, values.shape[1] + 1)
+                mean, std = values.mean(0), values.std(0)
+                label = arm if len(ablation.curves) == 1 else f"{arm}: {curve.split('/')[-1]}"
+                ax.plot(steps, mean, style, color=colour, label=label)
+                ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.12)
+        ax.set_title(ablation.title.split(":")[0] + ": " + ", ".join(c.split("/")[-1] for c in ablation.curves), fontsize=9)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Stage II ablations (mean ± std over {len(next(iter(next(iter(results.values())).values())))} seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..n-1)")
+    parser.add_argument("--steps", type=int, default=24, help="GRPO steps per run")
+    parser.add_argument("--only", default="a,b,c,d", help="comma-separated ablations to run")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 6 steps, output under <out>/quick")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "ablations"))
+    parser.add_argument("--controls", action="store_true",
+                        help="add the diagnostic control arms (b: ViPO's surrogate with a uniform map); "
+                             "writes results_controls.md / curves_controls.png")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse finished runs (same config) from an earlier, interrupted invocation")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.quick:
+        args.seeds, args.steps, out = 1, 6, out / "quick"
+    only = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in only if k not in ABLATIONS]
+    if unknown:
+        parser.error(f"--only: unknown ablation(s) {unknown}; accepted: {sorted(ABLATIONS)}")
+    if args.seeds < 1 or args.steps < 2:
+        parser.error(f"need --seeds >= 1 and --steps >= 2, got {args.seeds}, {args.steps}")
+    if not (BASE_MODEL / "base_eval.json").exists():
+        raise SystemExit(f"no base model at {BASE_MODEL}: run `python -m cluster.jobs.pretrain --config configs/toy.yaml` first")
+
+    import ray
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(args.seeds))
+    # address="local": always a fresh cluster of our own, never a head someone else started
+    ray.init(address="local", num_cpus=2, resources={"accelerator": 1}, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter()
+    results: dict[str, dict[str, list[list[dict]]]] = {}
+    run_seconds: dict[str, dict[str, list[float]]] = {}
+    try:
+        for key in only:
+            ablation = ABLATIONS[key]
+            arms = ablation.arm_overrides(controls=args.controls)
+            results[key] = {arm: [] for arm in arms}
+            run_seconds[key] = {arm: [] for arm in arms}
+            for seed in seeds:
+                for arm in arms:
+                    t0 = time.perf_counter()
+                    records, reused = run_arm(ablation, arm, seed, args.steps, out, resume=args.resume)
+                    if not reused:
+                        run_seconds[key][arm].append(time.perf_counter() - t0)
+                    results[key][arm].append(records)
+                    headline = ablation.metrics[0]
+                    took = "reused" if reused else f"{time.perf_counter() - t0:.0f}s"
+                    print(f"[{time.perf_counter() - started:6.0f}s] ({key}) {arm:<12} seed {seed}: "
+                          f"{headline.name} = {headline.compute(records):+.3f}  ({took})", flush=True)
+    finally:
+        ray.shutdown()
+    total_seconds = time.perf_counter() - started
+
+    lines = [f"# Stage II ablations (toy world)", "",
+             f"`python -m bench.ablations --seeds {args.seeds} --steps {args.steps} --only {','.join(only)}"
+             f"{' --controls' if args.controls else ''}{' --resume' if args.resume else ''}`{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
+             f"{COMMON['grpo']['prompts_per_step']} prompts x {COMMON['grpo']['group_size']} videos per step, "
+             f"{COMMON['world']['num_frames']}-frame {COMMON['world']['height']}x{COMMON['world']['width']} clips, "
+             f"{COMMON['sampling']['num_steps']} denoising steps, lr {COMMON['grpo']['learning_rate']:g}, "
+             f"clip {COMMON['grpo']['clip_range']:g}. Improvements: mean of the last k minus the first k steps, "
+             f"k = {max(1, min(5, args.steps // 2))}. Total wall time {total_seconds / 60:.1f} min.", ""]
+    lines += summarise(results, seeds)
+    reused = sum(len(runs) for arms in results.values() for runs in arms.values()) - sum(
+        len(v) for arms in run_seconds.values() for v in arms.values())
+    lines += ["Seconds per run (mean over the runs computed in this invocation): " + "; ".join(
+        f"({k}) " + ", ".join(f"{arm} {statistics.fmean(v):.0f}" if v else f"{arm} reused" for arm, v in arms.items())
+        for k, arms in run_seconds.items()) + (f"; {reused} run(s) reused from an earlier invocation (--resume)." if reused else "."), ""]
+    text = "\n".join(lines)
+    suffix = "_controls" if args.controls else ""
+    (out / f"results{suffix}.md").write_text(text)
+    (out / f"results{suffix}.json").write_text(json.dumps(
+        {key: {arm: [{m.name: m.compute(r) for m in ABLATIONS[key].metrics} for r in runs] for arm, runs in by_arm.items()}
+         for key, by_arm in results.items()}, indent=1))
+    plot(results, out / f"curves{suffix}.png")
+    print()
+    print(text)
+    print(f"wrote {out / f'results{suffix}.md'}, {out / f'curves{suffix}.png'}; total {total_seconds / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
