@@ -22,8 +22,7 @@ from policy.sampling import sample_trajectories
 from policy.wan import build_policy, sampling_sigmas
 
 
-def time_sampler(config, noise_level: float, repeats: int) -> float:
-    policy = build_policy(config.policy.preset, config.policy.model_path if Path(str(config.policy.model_path)).exists() else None)
+def time_sampler(policy, config, noise_level: float, repeats: int) -> float:
     prompts = ["a red square moves left on a gray background"] * config.grpo.group_size * config.grpo.prompts_per_step
     sigmas = sampling_sigmas(config.sampling.num_steps, config.sampling.shift)
     shape = (config.world.num_frames, config.world.height, config.world.width)
@@ -60,8 +59,9 @@ def main() -> None:
         total += seconds
         print(f"  {phase:<9} {seconds:7.3f} s  (median)")
     print(f"  {'step':<9} {total:7.3f} s")
-    sde = time_sampler(config, config.sampling.noise_level, repeats=5)
-    ode = time_sampler(config, 0.0, repeats=5)
+    policy = build_policy(config.policy.preset, config.policy.model_path)
+    sde = time_sampler(policy, config, config.sampling.noise_level, repeats=5)
+    ode = time_sampler(policy, config, 0.0, repeats=5)
     print(f"\nsampler (no VAE decode), same prompts and schedule: SDE+log-prob {sde:.4f} s, ODE {ode:.4f} s, "
           f"ratio SDE/ODE = {sde / ode:.3f}")
 

@@ -154,19 +154,20 @@ class GRPODriver:
     def run_phase(self, timeline: PhaseTimeline, phase: str, submit, restartable: dict) -> dict:
         """Run one phase; if an actor dies, wait for Ray to restart it, re-ship the weights and
         redo the whole phase with the same seeds (so its results replace, never add to, the lost ones)."""
-        for attempt in range(self.config.pool.max_phase_retries + 1):
+        attempt = 0
+        while True:
             try:
                 self.activate(phase)
                 return timeline.run(phase, submit())
             except ray.exceptions.RayActorError as err:
-                if not restartable or attempt == self.config.pool.max_phase_retries:
+                attempt += 1
+                if not restartable or attempt > self.config.pool.max_phase_retries:
                     raise
                 self.actor_restarts += 1
                 log.warning("phase %s: an actor died (%s); redoing the phase (attempt %d)",
-                            phase, type(err).__name__, attempt + 2)
+                            phase, type(err).__name__, attempt + 1)
                 self.wait_alive(restartable)
                 self.version = self.sync_weights()
-        raise AssertionError("unreachable")
 
     def sample(self, timeline: PhaseTimeline, prompts: list[str], seed_key: str) -> tuple[list, list]:
         """(video refs, trajectory refs) per rollout bundle, in prompt order; the data stays in
@@ -185,19 +186,18 @@ class GRPODriver:
         return [refs[b][0] for b in shards], [refs[b][1] for b in shards]
 
     def evaluate(self, timeline: PhaseTimeline, video_refs: list, prompts: list[str]):
-        """({component: [P, G]}, raw scores {critic.score: [B]}, gated count).
-
-        Colocated: each bundle's reward actor scores the videos its rollout made (no transfer).
-        Disaggregated: the reward pool's actors take the shards round-robin.
-        """
+        """({component: [P, G]}, raw scores {critic.score: [B]}, gated count)."""
         group_size = self.config.grpo.group_size
-        if self.reward_group is not None:
-            scores = self.evaluate_grouped(timeline, video_refs, [p for p in prompts for _ in range(group_size)])
-            components, num_gated = component_rewards(scores, self.config.rewards)
-            return {name: value.view(len(prompts), group_size) for name, value in components.items()}, scores, num_gated
-        reward_bundles = list(self.rewards)
-        shard_prompts = list(self.shard(prompts, self.rollouts).values())
+        scoring = self.evaluate_grouped if self.reward_group is not None else self.evaluate_with_actors
+        scores = scoring(timeline, video_refs, list(self.shard(prompts, self.rollouts).values()))
+        components, num_gated = component_rewards(scores, self.config.rewards)
+        return {name: value.view(len(prompts), group_size) for name, value in components.items()}, scores, num_gated
 
+    def evaluate_with_actors(self, timeline: PhaseTimeline, video_refs: list, shard_prompts: list) -> dict[str, torch.Tensor]:
+        """Colocated: each bundle's reward actor scores the videos its rollout made (no transfer).
+        Disaggregated: the reward pool's actors take the shards round-robin."""
+        group_size = self.config.grpo.group_size
+        reward_bundles = list(self.rewards)
         assignment = [reward_bundles[i % len(reward_bundles)] for i in range(len(video_refs))]
 
         def submit():
@@ -209,13 +209,13 @@ class GRPODriver:
 
         results = {bundle: list(values) for bundle, values in self.run_phase(timeline, "evaluate", submit, self.rewards).items()}
         per_shard = [results[bundle].pop(0) for bundle in assignment]  # back in shard order
-        scores = {key: torch.cat([shard[key] for shard in per_shard]) for key in per_shard[0]}
-        components, num_gated = component_rewards(scores, self.config.rewards)
-        return {name: value.view(len(prompts), group_size) for name, value in components.items()}, scores, num_gated
+        return {key: torch.cat([shard[key] for shard in per_shard]) for key in per_shard[0]}
 
-    def evaluate_grouped(self, timeline: PhaseTimeline, video_refs: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+    def evaluate_grouped(self, timeline: PhaseTimeline, video_refs: list, shard_prompts: list) -> dict[str, torch.Tensor]:
         """Joint reward by planned worker groups: groups in sequence, members at once under their
         quotas (report §6.1.2); profiles are measured once per input shape and cached on disk."""
+        group_size = self.config.grpo.group_size
+        prompts = [p for shard in shard_prompts for p in shard for _ in range(group_size)]
         start = time.perf_counter()
         videos = torch.cat(ray.get(video_refs))
         self.reward_group.profile(videos, prompts)
