@@ -10,7 +10,7 @@ import torch
 from actors.offload import Offloadable
 from algorithms.flow_sde import sde_step_with_logprob
 from algorithms.grpo import SurrogateTerms, clipped_surrogate, gaussian_mean_kl, select_train_timesteps
-from algorithms.vipo import vipo_surrogate
+from algorithms.vipo import map_weighted_log_prob
 from cluster.config import TeleBoostConfig
 from policy.psm import PerceptualStructuringModule
 from policy.sampling import Trajectories
@@ -110,22 +110,13 @@ class PolicyLearner(Offloadable):
                                              prev_sample=trajectories.latents[index, j + 1]).mean
             kl = gaussian_mean_kl(step.mean, ref_mean, step.std)
         cfg = self.config.grpo
+        log_prob, old_log_prob = step.log_prob, trajectories.log_probs[index, j]
+        if per_element:  # ViPO: the map-weighted per-sample log-prob (report eq. 2)
+            log_prob = map_weighted_log_prob(step.log_prob, advantage_maps[index])
+            old_log_prob = map_weighted_log_prob(trajectories.log_prob_maps[index, j], advantage_maps[index])
         weights = None if sample_weights is None else sample_weights[index]
-        if not per_element:
-            return clipped_surrogate(step.log_prob, trajectories.log_probs[index, j], advantages[index],
-                                     cfg.clip_range, cfg.adv_clip_max, kl=kl, kl_beta=cfg.kl_beta, sample_weights=weights)
-        # ViPO: per-element ratios weighted by M·A (report eq. 2); positive BPGO trust folds into A.
-        sample_advantages = advantages[index].clamp(-cfg.adv_clip_max, cfg.adv_clip_max)
-        if weights is not None:
-            sample_advantages = sample_advantages * weights
-        log_ratio = step.log_prob - trajectories.log_prob_maps[index, j]
-        policy_loss = vipo_surrogate(log_ratio, sample_advantages, advantage_maps[index], cfg.clip_range)
-        kl_mean = kl.mean() if kl is not None else torch.zeros(())
-        ratio = log_ratio.detach().exp()
-        return SurrogateTerms(
-            policy_loss + cfg.kl_beta * kl_mean, policy_loss.detach(), kl_mean.detach(),
-            ((ratio - 1).abs() > cfg.clip_range).float().mean(), ratio.mean(),
-        )
+        return clipped_surrogate(log_prob, old_log_prob, advantages[index], cfg.clip_range, cfg.adv_clip_max,
+                                 kl=kl, kl_beta=cfg.kl_beta, sample_weights=weights)
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:

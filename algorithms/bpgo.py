@@ -6,7 +6,8 @@ N(mu_p, sigma_p^2) of the REFERENCE policy's rewards (the SFT model, report §2.
 anchor" and uses it twice:
 
 1. Reliability-Adaptive Scaling (RAS, inter-group): a group whose rewards sit far from the prior
-   AND spread widely is ambiguous and gets a small weight; a clear, low-variance group a large one.
+   or spread more widely than the batch's other prompts is ambiguous and gets a small weight; a
+   clear, low-variance group a large one.
 2. Contrastive Reward Transformation (CRT, intra-group): rewards are read in prior units
    z = (r - mu_p) / sigma_p; confident winners (z > margin) are stretched, ambiguous samples
    (|z| <= margin) compressed, before the group-relative advantage is formed.
@@ -183,29 +184,41 @@ def reliability_weights(
     prior_mu: torch.Tensor,
     prior_sigma: torch.Tensor,
     alpha: float = 1.0,
-    gamma: float = 1.0,
+    gamma: float = 4.0,
     w_min: float = 0.2,
     w_max: float = 3.0,
     eps: float = 1e-6,
 ) -> torch.Tensor:
     """Reliability-Adaptive Scaling (report §3.3, mechanism 1): one trust weight per group [P].
 
-    With group mean m_p, population std s_p and prior (mu_p, sigma_p):
-        d_p   = (m_p - mu_p) / sigma_p                     deviation from the prior, in prior stds
-        raw_p = exp(-alpha d_p^2 / 2) / (1 + gamma (s_p / sigma_p)^2)
-    so raw_p falls both as the group drifts from its prior (a Gaussian likelihood of the group
-    mean under the prior) and as its spread exceeds the prior's (ambiguous, noisy scores).
+    With group mean m_p, population variance s_p^2 and prior (mu_p, sigma_p):
+        d_p   = (m_p - mu_p) / sigma_p               deviation from the prior, in prior stds
+        v_p   = (s_p^2 + sigma_p^2) / 2              the prompt's reward variance: this group
+                                                     pooled with the reference prior's
+        raw_p = exp(-alpha d_p^2 / 2) / (1 + gamma v_p / mean_q v_q)
+    so raw_p falls as the group drifts from its prior (a Gaussian likelihood of the group mean
+    under the prior) and as the prompt's rewards spread more widely than the batch's typical
+    prompt (ambiguous, noisy supervision: the inverse-variance weighting of a noisy estimate).
+    The variance is compared ACROSS the batch, not to the prior's own: when the prior is read
+    from the same critic on the same prompt (the usual case), s_p / sigma_p is ~1 for noisy and
+    clean prompts alike and cannot tell them apart (measured on the toy world: trust 0.99 vs
+    1.01 on noisy vs clean prompts), while v_p keeps the noise in absolute units. A wider prior
+    thus both excuses a deviation (d_p shrinks) and lowers trust (v_p grows). gamma = 4: a prompt
+    at the batch's mean variance gets 1/5 of a noiseless prompt's raw trust (gamma = 1 left only
+    a 2x range between clean and pure-noise prompts).
     Weights are w_p = clip(tau raw_p, w_min, w_max) with tau chosen exactly so mean_p w_p = 1:
     without active clipping this is raw / mean(raw); with clipping it is "normalise, clip,
     renormalise" iterated to its fixed point, so the batch's average step size is unchanged and
     the bounds still hold (requires w_min <= 1 <= w_max). Order of the raw scores is preserved.
+    Adding a constant to rewards and prior means changes nothing; scaling both scales nothing.
     """
     if not 0.0 <= w_min <= 1.0 <= w_max:
         raise ValueError(f"need 0 <= w_min <= 1 <= w_max, got w_min={w_min}, w_max={w_max}")
     sigma = prior_sigma.to(group_rewards.dtype).clamp_min(eps)
     deviation = (group_rewards.mean(dim=-1) - prior_mu) / sigma
-    spread_ratio = group_rewards.std(dim=-1, correction=0) / sigma
-    log_raw = -0.5 * alpha * deviation**2 - torch.log1p(gamma * spread_ratio**2)
+    variance = 0.5 * (group_rewards.var(dim=-1, correction=0) + sigma**2)
+    relative_variance = variance / variance.mean().clamp_min(eps**2)
+    log_raw = -0.5 * alpha * deviation**2 - torch.log1p(gamma * relative_variance)
     # shift so the largest raw score is 1 (the scale is normalised away) and nothing underflows
     raw = torch.exp((log_raw - log_raw.max()).clamp_min(-700.0)).to(torch.float64)
     return _mean_one_clipped(raw, w_min, w_max).to(group_rewards.dtype)
@@ -290,7 +303,7 @@ def bpgo_advantages(
     *,
     eps: float = 1e-6,
     alpha: float = 1.0,
-    gamma: float = 1.0,
+    gamma: float = 4.0,
     w_min: float = 0.2,
     w_max: float = 3.0,
     margin: float = 1.0,

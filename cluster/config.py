@@ -158,7 +158,7 @@ class BPGOConfig(Section):
     prior_momentum: float = Field(0.9, ge=0, lt=1)
     prior_groups: int = Field(1, ge=0, description="reference groups sampled per prompt before training")
     alpha: float = Field(1.0, ge=0)
-    gamma: float = Field(1.0, ge=0)
+    gamma: float = Field(4.0, ge=0)
     w_min: float = Field(0.2, gt=0, le=1)
     w_max: float = Field(3.0, ge=1)
     margin: float = Field(1.0, ge=0)

@@ -3,9 +3,9 @@
 Each one builds a reward with a KNOWN defect on top of the toy judges, so a Stage II mechanism
 can be measured against the failure it is meant to handle:
 
-- `noisy_toy`     the toy judges plus `noisy`: the clean overall score, with large zero-mean noise
-                  on an "ambiguous" subset of prompts (BPGO, §3.3). Trained on `noisy`, scored
-                  on `overall`.
+- `noisy_toy`     the toy judges plus `noisy`: a clean toy score (`clean`, default the overall), with
+                  large zero-mean noise on an "ambiguous" subset of prompts (BPGO, §3.3). Trained
+                  on `noisy`, scored on `clean`.
 - `local_defect`  `stability` of one small fixed region against flicker, blended with the toy
                   overall into `score` (ViPO, §3.2: a defect that lives in one place).
 - `stillness`     `still`: the toy motion judge asked whether the content stands still, which
@@ -50,20 +50,25 @@ def video_noise(videos: torch.Tensor, salt: int = 0) -> torch.Tensor:
 
 @register_critic
 class NoisyToyJudges(Critic):
-    """The toy judges, plus `noisy` = overall + N(0, noise_std^2) on ambiguous prompts only.
+    """The toy judges, plus `noisy` = clean + N(0, noise_std^2) on ambiguous prompts only.
 
-    A prompt is ambiguous when its motion is in `ambiguous_motions` or its background in
-    `ambiguous_backgrounds` (default: horizontal motion, as if the evaluator could not tell a clip
-    from its mirror image). Elsewhere `noisy` equals `overall` exactly. `ambiguous` (0/1) is
-    reported so a run can be split by subset afterwards.
+    `clean` is the toy score named by `clean_score` (default `overall`). A prompt is ambiguous
+    when its motion is in `ambiguous_motions` or its background in `ambiguous_backgrounds`
+    (default: horizontal motion, as if the evaluator could not tell a clip from its mirror
+    image). Elsewhere `noisy` equals `clean` exactly. `ambiguous` (0/1) is reported so a run can
+    be split by subset afterwards.
     """
 
     name = "noisy_toy"
-    score_names = (*TOY_SCORES, "noisy", "ambiguous")
+    score_names = (*TOY_SCORES, "clean", "noisy", "ambiguous")
 
-    def __init__(self, noise_std: float = 0.3, ambiguous_motions=("left", "right"), ambiguous_backgrounds=(), salt: int = 0):
+    def __init__(self, noise_std: float = 0.3, ambiguous_motions=("left", "right"), ambiguous_backgrounds=(),
+                 salt: int = 0, clean_score: str = "overall"):
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if clean_score not in TOY_SCORES:
+            raise ValueError(f"clean_score must be one of the toy scores {TOY_SCORES}, got {clean_score!r}")
+        self.clean_score = clean_score
         self.noise_std = float(noise_std)
         self.ambiguous_motions = frozenset(ambiguous_motions)
         self.ambiguous_backgrounds = frozenset(ambiguous_backgrounds)
@@ -77,7 +82,8 @@ class NoisyToyJudges(Critic):
         scores = {key: value.float() for key, value in judge_all(videos, prompts).items()}
         ambiguous = torch.tensor([self.is_ambiguous(p) for p in prompts])
         noise = video_noise(videos, self.salt)
-        scores["noisy"] = torch.where(ambiguous, scores["overall"] + self.noise_std * noise, scores["overall"])
+        scores["clean"] = scores[self.clean_score]
+        scores["noisy"] = torch.where(ambiguous, scores["clean"] + self.noise_std * noise, scores["clean"])
         scores["ambiguous"] = ambiguous.float()
         return CriticOutput(scores=scores)
 

@@ -53,10 +53,32 @@ def test_ras_down_weights_spread_and_deviation():
     shifted = torch.stack([0.5 * base, 0.5 * base + 1.0, 0.5 * base + 2.5])  # same std, drifting mean
     w = reliability_weights(shifted, mu, sigma, w_min=0.0, w_max=float("inf"))
     assert w[0] > w[1] > w[2]
-    # the same deviation counts less under a wider prior
-    w = reliability_weights(shifted[1:2].repeat(2, 1), mu[:2], torch.tensor([1.0, 3.0], dtype=torch.float64),
-                            w_min=0.0, w_max=float("inf"))
+    # a wider prior excuses the same deviation (spread term off) ...
+    wide = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    same = shifted[1:2].repeat(2, 1)
+    w = reliability_weights(same, mu[:2], wide, gamma=0.0, w_min=0.0, w_max=float("inf"))
     assert w[1] > w[0]
+    # ... and marks the prompt as ambiguous (deviation term off)
+    w = reliability_weights(same, mu[:2], wide, alpha=0.0, w_min=0.0, w_max=float("inf"))
+    assert w[0] > w[1]
+
+
+def test_ras_separates_noisy_prompts_when_the_prior_comes_from_the_same_critic():
+    """The failure the absolute variance term fixes: prior and group both from a critic that is
+    noisy on half the prompts. Relative spread (s / sigma) is ~1 everywhere; RAS must still
+    down-weight the noisy half clearly."""
+    gen = torch.Generator().manual_seed(0)
+    clean = 0.05 * torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    noisy = 0.05 * torch.randn(4, 8, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(4, 8, generator=gen, dtype=torch.float64)
+    rewards = torch.cat([clean, noisy]) + 0.5
+    mu = torch.full((8,), 0.5, dtype=torch.float64)
+    sigma = torch.tensor([0.05] * 4 + [0.3] * 4, dtype=torch.float64)  # the prior saw the same noise
+    w = reliability_weights(rewards, mu, sigma)
+    assert w[:4].min() > 2 * w[4:].max()
+    assert w.mean().item() == pytest.approx(1.0, abs=1e-9)
+    # invariant to a shared shift, unchanged by a shared scale
+    assert_close(reliability_weights(rewards + 3.0, mu + 3.0, sigma), w)
+    assert_close(reliability_weights(rewards * 10.0, mu * 10.0, sigma * 10.0), w)
 
 
 def test_ras_mean_one_and_clip_bounds():

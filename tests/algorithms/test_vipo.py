@@ -1,4 +1,4 @@
-"""ViPO (report §3.2, eq. 2): advantage maps and the map-weighted clipped surrogate."""
+"""ViPO (report §3.2, eq. 2): advantage maps and the map-weighted log-prob in GRPO's surrogate."""
 
 import pytest
 import torch
@@ -9,17 +9,12 @@ from algorithms.vipo import (
     advantage_map_from_features,
     normalize_and_mix,
     pixel_feature_extractor,
+    map_weighted_log_prob,
     resample_to_latent,
-    vipo_surrogate,
 )
+from algorithms.grpo import clipped_surrogate
 
 
-
-
-def _plain_grpo_surrogate(log_ratio, advantages, clip_range):
-    ratio = log_ratio.exp()
-    a = advantages.reshape((-1,) + (1,) * (log_ratio.dim() - 1))
-    return -torch.minimum(ratio * a, ratio.clamp(1 - clip_range, 1 + clip_range) * a).mean()
 
 
 def _group_features(g=4, t=3, h=6, w=6, d=16, seed=0):
@@ -29,27 +24,30 @@ def _group_features(g=4, t=3, h=6, w=6, d=16, seed=0):
 
 
 @pytest.mark.parametrize("channels", [False, True])
-def test_lam_zero_is_plain_grpo_surrogate(channels):
+def test_lam_zero_is_plain_grpo_log_prob(channels):
+    """A uniform map (lam = 0) gives exactly the per-sample mean log-prob plain GRPO uses."""
     gen = torch.Generator().manual_seed(1)
     shape = (4, 2, 3, 5, 5) if channels else (4, 3, 5, 5)
-    log_ratio = 0.3 * torch.randn(shape, generator=gen)
-    advantages = torch.randn(4, generator=gen)
+    log_prob_map = torch.randn(shape, generator=gen)
     raw = advantage_map_from_features(_group_features(g=4, t=3, h=5, w=5))
     ones = normalize_and_mix(raw, lam=0.0)
     assert torch.equal(ones, torch.ones_like(raw))
-    loss = vipo_surrogate(log_ratio, advantages, ones, clip_range=0.2)
-    assert torch.equal(loss, _plain_grpo_surrogate(log_ratio, advantages, 0.2))
-    assert torch.equal(vipo_surrogate(log_ratio, advantages, None, 0.2), loss)
+    assert torch.equal(map_weighted_log_prob(log_prob_map, ones), log_prob_map.mean(dim=tuple(range(1, len(shape)))))
+    with pytest.raises(ValueError, match="does not match"):
+        map_weighted_log_prob(log_prob_map, ones[:2])
 
 
 def test_map_weights_the_policy_gradient():
-    """At ratio 1 the gradient wrt each element's log-ratio is -M * A / (elements * B)."""
+    """Through GRPO's surrogate at ratio 1, the gradient wrt each element's log-prob is
+    -M * A / (elements * B): eq. 2's per-position weighting of the scalar advantage."""
     advantages = torch.tensor([1.5, -0.5])
     adv_map = normalize_and_mix(torch.rand(2, 2, 3, 3), lam=0.7)
-    log_ratio = torch.zeros(2, 2, 3, 3, requires_grad=True)
-    vipo_surrogate(log_ratio, advantages, adv_map, clip_range=0.2).backward()
+    log_prob_map = torch.randn(2, 2, 3, 3).requires_grad_(True)
+    old = map_weighted_log_prob(log_prob_map.detach(), adv_map)
+    terms = clipped_surrogate(map_weighted_log_prob(log_prob_map, adv_map), old, advantages, clip_range=0.2)
+    terms.loss.backward()
     expected = -adv_map * advantages[:, None, None, None] / (18 * 2)
-    assert_close(log_ratio.grad, expected)
+    assert_close(log_prob_map.grad, expected)
 
 
 def test_normalized_map_has_mean_one():

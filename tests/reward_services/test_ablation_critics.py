@@ -1,5 +1,6 @@
 """The ablation bench's critics do what the benchmark relies on (bench/ablations.py)."""
 
+import pytest
 import torch
 
 from reward_services.base import build_critic
@@ -56,6 +57,17 @@ def test_noise_is_zero_mean_with_the_configured_spread():
     noise = scores["noisy"] - scores["overall"]
     assert abs(noise.mean().item()) < 0.05
     assert 0.25 < noise.std().item() < 0.35
+
+
+def test_clean_score_is_selectable():
+    critic = build_critic("noisy_toy", noise_std=0.3, clean_score="smoothness")
+    videos = torch.cat([clips(CLEAR), clips(AMBIGUOUS)])
+    scores = critic.score(videos, [CLEAR] * 3 + [AMBIGUOUS] * 3).scores
+    assert torch.equal(scores["clean"], scores["smoothness"])
+    assert torch.equal(scores["noisy"][:3], scores["smoothness"][:3])
+    assert (scores["noisy"][3:] - scores["smoothness"][3:]).abs().min() > 1e-4
+    with pytest.raises(ValueError, match="clean_score"):
+        build_critic("noisy_toy", clean_score="brightness")
 
 
 def test_ambiguous_subset_is_configurable():
