@@ -1,7 +1,7 @@
 """Stage II ablations on the toy world: each mechanism against plain GRPO on the failure it targets.
 
     python -m bench.ablations [--seeds 3] [--steps 24] [--only a,b,c,d] [--quick] [--out runs/ablations]
-                              [--controls] [--resume]
+                              [--resume]
 
 Every arm is a real GRPO run of the driver (cluster/grpo.py) on ONE local Ray cluster, started
 once, from the pretrained base model (runs/base/tiny); all arms of an ablation share the seeds
@@ -10,27 +10,27 @@ only in the switch under test. Reported: mean ± sample std over seeds per arm, 
 difference (method − baseline, same seed), in `<out>/results.md`, with the curves in
 `<out>/curves.png` and every run's `metrics.jsonl` under `<out>/<ablation>/<arm>/seed<k>/`.
 
-(a) BPGO (§3.3)        reward = toy overall + N(0, 0.3²) on "ambiguous" prompts (horizontal
-                       motion), clean elsewhere (critic `noisy_toy`); trained on the noisy score.
-                       Metric: improvement of the CLEAN toy overall (last-k minus first-k mean).
+(a) BPGO (§3.3)        reward = toy smoothness + N(0, 0.3²) on "ambiguous" prompts (horizontal
+                       motion), clean elsewhere (critic `noisy_toy`); trained on the noisy score,
+                       with the BPGO prior read from the same noisy critic (as it would be in
+                       practice). Metric: improvement of the CLEAN smoothness.
 (b) ViPO (§3.2)        reward = ½ flicker-stability of the top-left 8x8 corner + ½ toy overall
                        (critic `local_defect`). Metrics: steps until the trailing 3-step mean
                        reward is step-1 reward + 0.05 (budget + 1 if never), final reward.
-                       `--controls` adds ViPO with lam -> 0: its per-element clipped surrogate
-                       with a uniform map, to separate the map's effect from the surrogate's.
-(c) Joint reward (§3.5) rewards toy `motion` and `stillness.still` (motion judged as if the prompt
-                       said "stays still"): conflicting for every prompt with a direction.
-                       Metric: the worse of the two improvements. Note: two group-standardised
-                       advantages have equal norms, and then eq. (4)'s minimiser is exactly
-                       c = (½, ½) (the midpoint of the segment); so with N = 2 min_norm equals
-                       advantage_sum with equal weights, and this compares per-reward
-                       normalisation with the scalarised sum.
+(c) Joint reward (§3.5) three rewards: toy `motion` and optical-flow `dynamic_degree` (two critics
+                       of the same skill, as real reward suites double-count aesthetics) and
+                       `stillness.still`, which conflicts with both on every directed prompt.
+                       Metric: the worst of the three improvements. With TWO group-standardised
+                       rewards eq. (4)'s minimiser is always c = (½, ½) (equal norms: the
+                       segment's midpoint), so min-norm can only differ from an equal-weight sum
+                       with three or more; here it is invariant to the duplicated skill, while
+                       weighted_sum / advantage_sum give moving two thirds of the weight.
 (d) Self-Paced (§3.4)  rewards `coarse_smoothness.fidelity` (toy smoothness through a critic that
-                       caps at 1 above smoothness 0.45 and has N(0, 0.02²) noise: it saturates to
-                       noise; phase visual_fidelity) and toy `motion` (phase semantic_alignment),
-                       advantages summed per reward (advantage_sum) in both arms, so a saturated
-                       reward's advantage is normalised noise; fixed = equal weights.
-                       Metric: improvement of motion (the later phase).
+                       caps at 1 above smoothness 0.2 and has N(0, 0.02²) noise: saturated for
+                       most base-model videos; phase visual_fidelity) and toy `motion` (phase
+                       semantic_alignment), advantages summed per reward (advantage_sum) in both
+                       arms, so a saturated reward's advantage is normalised noise; fixed =
+                       equal weights. Metric: improvement of motion (the later phase).
 
 Improvements are over the run's own start: k = min(5, steps // 2) steps at each end.
 Limits: 4 fixed prompts per seed (the prompt pool IS the batch), so the curves measure fitting
@@ -131,45 +131,47 @@ class Ablation:
     metrics: tuple[Metric, ...]  # the first one is the headline metric
     curves: tuple[str, ...]  # record keys drawn in curves.png
     grpo: dict = field(default_factory=dict)  # overrides shared by both arms
-    controls: dict[str, dict] = field(default_factory=dict)  # extra diagnostic arms, only with --controls
-
-    def arm_overrides(self, controls: bool = False) -> dict[str, dict]:
-        return {**self.arms, **(self.controls if controls else {})}
-
     def config(self, arm: str, seed: int, steps: int, run_dir: Path):
         from cluster.config import parse_config
 
         grpo = {**COMMON["grpo"], "steps": steps, **self.grpo}
         data = {**COMMON, "run_dir": str(run_dir), "seed": seed, "rewards": self.rewards, "grpo": grpo}
-        return parse_config(data, {"grpo": self.arm_overrides(controls=True)[arm]})
+        return parse_config(data, {"grpo": self.arms[arm]})
 
 
 SELF_PACED = {
     "enabled": True, "reward_phases": {"fidelity": "visual_fidelity", "motion": "semantic_alignment"},
     "window": 3, "patience": 1, "std_threshold": 0.05, "saturation_threshold": 0.9, "floor": 0.1,
 }
+# (c): objective -> score; two motion critics that agree (the toy judge and optical-flow dynamic
+# degree) and one that conflicts with both on every directed prompt
+JOINT = {"motion": "toy_judges.motion", "dynamic": "motion.dynamic_degree", "still": "stillness.still"}
+
+
+def worst_improvement(records: list[dict]) -> float:
+    return min(improvement(records, f"reward/{name}") for name in JOINT)
+
 
 ABLATIONS = {
     "a": Ablation(
         key="a", title="(a) BPGO vs GRPO: noisy reward on ambiguous prompts",
-        setup="trained on noisy_toy.noisy = toy overall + N(0, 0.3²) on horizontal-motion prompts (clean elsewhere); "
-              "BPGO = RAS + CRT, prior from 1 reference group per prompt, EMA; metric on the clean toy overall",
-        rewards={"critics": [{"name": "noisy_toy", "options": {"noise_std": 0.3, "ambiguous_motions": ["left", "right"]}}],
+        setup="trained on noisy_toy.noisy = toy smoothness + N(0, 0.3²) on horizontal-motion prompts (clean elsewhere; "
+              "1-2 of the 4 prompts per seed); BPGO = RAS + CRT with the config defaults, prior from 1 reference group "
+              "per prompt scored by the SAME noisy critic, EMA; metric on the clean smoothness",
+        rewards={"critics": [{"name": "noisy_toy", "options": {"noise_std": 0.3, "clean_score": "smoothness",
+                                                               "ambiguous_motions": ["left", "right"]}}],
                  "components": {"noisy": {"score": "noisy_toy.noisy"}}},
         arms={"GRPO": {}, "BPGO": {"bpgo": {"ras": True, "crt": True}}},
-        metrics=(Metric("clean-objective improvement", lambda r: improvement(r, "score/noisy_toy.overall")),
+        metrics=(Metric("clean-objective improvement", lambda r: improvement(r, "score/noisy_toy.clean")),
                  Metric("noisy-reward improvement", lambda r: improvement(r, "reward/noisy"))),
-        curves=("score/noisy_toy.overall",),
+        curves=("score/noisy_toy.clean",),
     ),
     "b": Ablation(
         key="b", title="(b) ViPO vs GRPO: a local defect (corner flicker)",
         setup="trained on local_defect.score = ½ exp(-flicker/0.02) of the top-left 8x8 corner + ½ toy overall; "
-              "ViPO lam 0.75, pixel backbone, patch 4",
+              "ViPO lam 0.75, pixel backbone, patch 4, map-weighted log-prob in GRPO's per-sample clipped surrogate",
         rewards={"critics": [{"name": "local_defect"}], "components": {"score": {"score": "local_defect.score"}}},
         arms={"GRPO": {}, "ViPO": {"vipo": {"lam": 0.75, "backbone": "pixel", "patch": 4}}},
-        # ViPO's surrogate clips every latent element's ratio (report eq. 2), GRPO the per-sample
-        # mean: lam -> 0 keeps ViPO's per-element surrogate with a uniform map, separating the two.
-        controls={"ViPO uniform map": {"vipo": {"lam": 1e-6, "backbone": "pixel", "patch": 4}}},
         metrics=(Metric(f"steps to step-1 reward + {TARGET_DELTA:g}", steps_to_target, higher_is_better=False),
                  Metric("final reward", lambda r: final(r, "reward_mean")),
                  Metric("final corner stability", lambda r: final(r, "score/local_defect.stability"))),
@@ -177,24 +179,29 @@ ABLATIONS = {
     ),
     "c": Ablation(
         key="c", title="(c) min-norm vs weighted-sum joint reward: conflicting rewards",
-        setup="components toy_judges.motion and stillness.still (same motion judge asked for 'stays still'), "
-              "weights 1:1; weighted_sum (Σ r then group-normalised) vs min_norm (report eq. 4)",
-        rewards={"critics": [{"name": "toy_judges"}, {"name": "stillness"}],
-                 "components": {"motion": {"score": "toy_judges.motion"}, "still": {"score": "stillness.still"}}},
-        arms={"weighted_sum": {"joint_reward": {"mode": "weighted_sum"}}, "min_norm": {"joint_reward": {"mode": "min_norm"}}},
-        metrics=(Metric("worst-objective improvement",
-                        lambda r: min(improvement(r, "reward/motion"), improvement(r, "reward/still"))),
-                 Metric("motion improvement", lambda r: improvement(r, "reward/motion")),
-                 Metric("still improvement", lambda r: improvement(r, "reward/still"))),
-        curves=("reward/motion", "reward/still"),
+        setup="components toy_judges.motion and motion.dynamic_degree (two critics that both reward moving) and "
+              "stillness.still (the motion judge asked for 'stays still': conflicts with both on every directed "
+              "prompt), weights 1:1:1; weighted_sum (Σ r, then group-normalised), advantage_sum (Σ A_i) and "
+              "min_norm (report eq. 4)",
+        rewards={"critics": [{"name": "toy_judges"}, {"name": "motion", "options": {"time_direction": False}},
+                             {"name": "stillness"}],
+                 "components": {name: {"score": score} for name, score in JOINT.items()}},
+        arms={"weighted_sum": {"joint_reward": {"mode": "weighted_sum"}},
+              "advantage_sum": {"joint_reward": {"mode": "advantage_sum"}},
+              "min_norm": {"joint_reward": {"mode": "min_norm"}}},
+        metrics=(Metric("worst-objective improvement", worst_improvement),
+                 *(Metric(f"{name} improvement", lambda r, name=name: improvement(r, f"reward/{name}")) for name in JOINT),
+                 Metric("mean c(still)", lambda r: statistics.fmean(series(r, "joint_c/still")) if "joint_c/still" in r[0] else math.nan)),
+        curves=tuple(f"reward/{name}" for name in JOINT),
     ),
     "d": Ablation(
         key="d", title="(d) Self-Paced vs fixed weights: a saturating first reward",
-        setup="components coarse_smoothness.fidelity = min(1, smoothness/0.45) + N(0, 0.02²) (visual_fidelity; "
-              "saturates to noise) and toy motion (semantic_alignment), advantage_sum in both arms; fixed = 0.5/0.5; "
+        setup="components coarse_smoothness.fidelity = min(1, smoothness/0.2) + N(0, 0.02²) (visual_fidelity; "
+              "saturated for most base-model videos, so its group differences are mostly noise) and toy motion "
+              "(semantic_alignment), advantage_sum in both arms; fixed = 0.5/0.5; "
               f"self-paced window {SELF_PACED['window']}, patience {SELF_PACED['patience']}, std_threshold "
               f"{SELF_PACED['std_threshold']}, saturation_threshold {SELF_PACED['saturation_threshold']}, floor {SELF_PACED['floor']}",
-        rewards={"critics": [{"name": "toy_judges"}, {"name": "coarse_smoothness", "options": {"threshold": 0.45, "noise_std": 0.02}}],
+        rewards={"critics": [{"name": "toy_judges"}, {"name": "coarse_smoothness", "options": {"threshold": 0.2, "noise_std": 0.02}}],
                  "components": {"fidelity": {"score": "coarse_smoothness.fidelity", "weight": 0.5},
                                 "motion": {"score": "toy_judges.motion", "weight": 0.5}}},
         grpo={"joint_reward": {"mode": "advantage_sum"}},
@@ -319,9 +326,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="a,b,c,d", help="comma-separated ablations to run")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 6 steps, output under <out>/quick")
     parser.add_argument("--out", default=str(ROOT / "runs" / "ablations"))
-    parser.add_argument("--controls", action="store_true",
-                        help="add the diagnostic control arms (b: ViPO's surrogate with a uniform map); "
-                             "writes results_controls.md / curves_controls.png")
     parser.add_argument("--resume", action="store_true",
                         help="reuse finished runs (same config) from an earlier, interrupted invocation")
     args = parser.parse_args(argv)
@@ -352,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for key in only:
             ablation = ABLATIONS[key]
-            arms = ablation.arm_overrides(controls=args.controls)
+            arms = ablation.arms
             results[key] = {arm: [] for arm in arms}
             run_seconds[key] = {arm: [] for arm in arms}
             for seed in seeds:
@@ -372,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = [f"# Stage II ablations (toy world)", "",
              f"`python -m bench.ablations --seeds {args.seeds} --steps {args.steps} --only {','.join(only)}"
-             f"{' --controls' if args.controls else ''}{' --resume' if args.resume else ''}`{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
+             f"{' --resume' if args.resume else ''}`{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
              f"{COMMON['grpo']['prompts_per_step']} prompts x {COMMON['grpo']['group_size']} videos per step, "
              f"{COMMON['world']['num_frames']}-frame {COMMON['world']['height']}x{COMMON['world']['width']} clips, "
              f"{COMMON['sampling']['num_steps']} denoising steps, lr {COMMON['grpo']['learning_rate']:g}, "
@@ -385,15 +389,14 @@ def main(argv: list[str] | None = None) -> None:
         f"({k}) " + ", ".join(f"{arm} {statistics.fmean(v):.0f}" if v else f"{arm} reused" for arm, v in arms.items())
         for k, arms in run_seconds.items()) + (f"; {reused} run(s) reused from an earlier invocation (--resume)." if reused else "."), ""]
     text = "\n".join(lines)
-    suffix = "_controls" if args.controls else ""
-    (out / f"results{suffix}.md").write_text(text)
-    (out / f"results{suffix}.json").write_text(json.dumps(
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(
         {key: {arm: [{m.name: m.compute(r) for m in ABLATIONS[key].metrics} for r in runs] for arm, runs in by_arm.items()}
          for key, by_arm in results.items()}, indent=1))
-    plot(results, out / f"curves{suffix}.png")
+    plot(results, out / "curves.png")
     print()
     print(text)
-    print(f"wrote {out / f'results{suffix}.md'}, {out / f'curves{suffix}.png'}; total {total_seconds / 60:.1f} min")
+    print(f"wrote {out / f'results.md'}, {out / f'curves.png'}; total {total_seconds / 60:.1f} min")
 
 
 if __name__ == "__main__":
