@@ -52,7 +52,7 @@ class PolicyLearner(Offloadable):
         generator = torch.Generator().manual_seed(seed)
         num_steps = trajectories.log_probs.shape[1]
         batch = trajectories.latents.shape[0]
-        advantage_maps = self._advantage_maps(trajectories)
+        advantage_maps = self._advantage_maps(trajectories, advantages)
         self.policy.transformer.train()
         keys = ("loss", "kl", "clip_fraction", "ratio")
         totals = dict.fromkeys((*keys, "grad_norm"), 0.0)
@@ -83,7 +83,7 @@ class PolicyLearner(Offloadable):
         metrics.update(optimizer_steps=updates, skipped_updates=skipped, version=self.version)
         return metrics
 
-    def _advantage_maps(self, trajectories: Trajectories) -> torch.Tensor | None:
+    def _advantage_maps(self, trajectories: Trajectories, advantages: torch.Tensor) -> torch.Tensor | None:
         """ViPO maps on the latent grid (report §3.2), or None when lam = 0 (plain GRPO exactly)."""
         vipo = self.config.grpo.vipo
         if vipo.lam == 0:
@@ -91,7 +91,8 @@ class PolicyLearner(Offloadable):
         if self.psm is None:
             self.psm = PerceptualStructuringModule(vipo.backbone, vipo.backbone_path, vipo.patch)
         latent_thw = tuple(trajectories.latents.shape[-3:])
-        return self.psm.advantage_maps(trajectories.videos.float() / 255, self.config.grpo.group_size, vipo.lam, latent_thw)
+        return self.psm.advantage_maps(trajectories.videos.float() / 255, self.config.grpo.group_size, vipo.lam, latent_thw,
+                                       advantages if vipo.map == "reward_aligned" else None)
 
     def _step_terms(self, trajectories, advantages, sample_weights, advantage_maps, index, j) -> SurrogateTerms:
         x = trajectories.latents[index, j]

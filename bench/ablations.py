@@ -17,14 +17,14 @@ difference (method − baseline, same seed), in `<out>/results.md`, with the cur
 (b) ViPO (§3.2)        reward = ½ flicker-stability of the top-left 8x8 corner + ½ toy overall
                        (critic `local_defect`). Metrics: steps until the trailing 3-step mean
                        reward is step-1 reward + 0.05 (budget + 1 if never), final reward.
-(c) Joint reward (§3.5) three rewards: toy `motion` and optical-flow `dynamic_degree` (two critics
-                       of the same skill, as real reward suites double-count aesthetics) and
-                       `stillness.still`, which conflicts with both on every directed prompt.
+(c) Joint reward (§3.5) three rewards: toy `smoothness` and optical-flow `warp_error` (two critics
+                       of one skill, as real reward suites double-count aesthetics) and toy
+                       `count`, which conflicts with smoothness on base-model samples.
                        Metric: the worst of the three improvements. With TWO group-standardised
                        rewards eq. (4)'s minimiser is always c = (½, ½) (equal norms: the
                        segment's midpoint), so min-norm can only differ from an equal-weight sum
                        with three or more; here it is invariant to the duplicated skill, while
-                       weighted_sum / advantage_sum give moving two thirds of the weight.
+                       advantage_sum gives smoothness two thirds of the weight.
 (d) Self-Paced (§3.4)  rewards `coarse_smoothness.fidelity` (toy smoothness through a critic that
                        caps at 1 above smoothness 0.2 and has N(0, 0.02²) noise: saturated for
                        most base-model videos; phase visual_fidelity) and toy `motion` (phase
@@ -143,13 +143,21 @@ SELF_PACED = {
     "enabled": True, "reward_phases": {"fidelity": "visual_fidelity", "motion": "semantic_alignment"},
     "window": 3, "patience": 1, "std_threshold": 0.05, "saturation_threshold": 0.9, "floor": 0.1,
 }
-# (c): objective -> score; two motion critics that agree (the toy judge and optical-flow dynamic
-# degree) and one that conflicts with both on every directed prompt
-JOINT = {"motion": "toy_judges.motion", "dynamic": "motion.dynamic_degree", "still": "stillness.still"}
+# (c): objective -> score. Two critics of one skill (temporal smoothness: the toy judge and the
+# optical-flow warp error; within-group correlation +0.71 on base-model samples) and one of another
+# that conflicts with it (object count; -0.41 with smoothness).
+JOINT = {"smoothness": "toy_judges.smoothness", "warp": "motion.warp_error", "count": "toy_judges.count"}
 
 
 def worst_improvement(records: list[dict]) -> float:
     return min(improvement(records, f"reward/{name}") for name in JOINT)
+
+
+def count_share(records: list[dict]) -> float:
+    """Mean over steps of c_count / sum_i c_i (the logged joint weights; NaN for weighted_sum)."""
+    if "joint_c/count" not in records[0]:
+        return math.nan
+    return statistics.fmean(r["joint_c/count"] / sum(r[f"joint_c/{name}"] for name in JOINT) for r in records)
 
 
 ABLATIONS = {
@@ -169,9 +177,12 @@ ABLATIONS = {
     "b": Ablation(
         key="b", title="(b) ViPO vs GRPO: a local defect (corner flicker)",
         setup="trained on local_defect.score = ½ exp(-flicker/0.02) of the top-left 8x8 corner + ½ toy overall; "
-              "ViPO lam 0.75, pixel backbone, patch 4, map-weighted log-prob in GRPO's per-sample clipped surrogate",
+              "ViPO lam 0.75, pixel backbone, patch 4, map-weighted log-prob in GRPO's per-sample clipped surrogate; "
+              "map reward_aligned (default: where winners and losers differ) or deviation (where a video departs from "
+              "its group)",
         rewards={"critics": [{"name": "local_defect"}], "components": {"score": {"score": "local_defect.score"}}},
-        arms={"GRPO": {}, "ViPO": {"vipo": {"lam": 0.75, "backbone": "pixel", "patch": 4}}},
+        arms={"GRPO": {}, "ViPO": {"vipo": {"lam": 0.75, "backbone": "pixel", "patch": 4}},
+              "ViPO deviation map": {"vipo": {"lam": 0.75, "backbone": "pixel", "patch": 4, "map": "deviation"}}},
         metrics=(Metric(f"steps to step-1 reward + {TARGET_DELTA:g}", steps_to_target, higher_is_better=False),
                  Metric("final reward", lambda r: final(r, "reward_mean")),
                  Metric("final corner stability", lambda r: final(r, "score/local_defect.stability"))),
@@ -179,19 +190,17 @@ ABLATIONS = {
     ),
     "c": Ablation(
         key="c", title="(c) min-norm vs weighted-sum joint reward: conflicting rewards",
-        setup="components toy_judges.motion and motion.dynamic_degree (two critics that both reward moving) and "
-              "stillness.still (the motion judge asked for 'stays still': conflicts with both on every directed "
-              "prompt), weights 1:1:1; weighted_sum (Σ r, then group-normalised), advantage_sum (Σ A_i) and "
-              "min_norm (report eq. 4)",
-        rewards={"critics": [{"name": "toy_judges"}, {"name": "motion", "options": {"time_direction": False}},
-                             {"name": "stillness"}],
+        setup="components toy_judges.smoothness and motion.warp_error (two critics of temporal smoothness, "
+              "within-group correlation +0.71 on base samples) and toy_judges.count (-0.41 with smoothness), weights "
+              "1:1:1; weighted_sum (Σ r, then group-normalised), advantage_sum (Σ A_i) and min_norm (report eq. 4)",
+        rewards={"critics": [{"name": "toy_judges"}, {"name": "motion", "options": {"time_direction": False}}],
                  "components": {name: {"score": score} for name, score in JOINT.items()}},
         arms={"weighted_sum": {"joint_reward": {"mode": "weighted_sum"}},
               "advantage_sum": {"joint_reward": {"mode": "advantage_sum"}},
               "min_norm": {"joint_reward": {"mode": "min_norm"}}},
         metrics=(Metric("worst-objective improvement", worst_improvement),
                  *(Metric(f"{name} improvement", lambda r, name=name: improvement(r, f"reward/{name}")) for name in JOINT),
-                 Metric("mean c(still)", lambda r: statistics.fmean(series(r, "joint_c/still")) if "joint_c/still" in r[0] else math.nan)),
+                 Metric("mean share of count", count_share)),
         curves=tuple(f"reward/{name}" for name in JOINT),
     ),
     "d": Ablation(

@@ -171,9 +171,14 @@ class BPGOConfig(Section):
 
 
 class ViPOConfig(Section):
-    """Spatiotemporal advantage maps (report §3.2). lam = 0 is plain GRPO exactly."""
+    """Spatiotemporal advantage maps (report §3.2). lam = 0 is plain GRPO exactly.
+
+    map: `reward_aligned` = where the group's winners and losers differ (uses the advantages);
+    `deviation` = where each video departs from its group's consensus (reward-blind).
+    """
 
     lam: float = Field(0.0, ge=0, le=1)
+    map: Literal["reward_aligned", "deviation"] = "reward_aligned"
     backbone: Literal["pixel", "dinov2"] = "pixel"
     backbone_path: str | None = None
     patch: int = Field(4, ge=1)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from algorithms.vipo import advantage_map_from_features, normalize_and_mix, pixel_feature_extractor, resample_to_latent
+from algorithms.vipo import (
+    advantage_map_from_features,
+    normalize_and_mix,
+    pixel_feature_extractor,
+    resample_to_latent,
+    reward_aligned_map,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,10 +48,25 @@ class PerceptualStructuringModule:
         gh, gw = frames.shape[-2] // patch, frames.shape[-1] // patch
         return tokens.reshape(b, t, gh, gw, -1)
 
-    def advantage_maps(self, videos: torch.Tensor, group_size: int, lam: float, latent_thw: tuple[int, int, int]) -> torch.Tensor:
-        """Per-video maps M [B, T', H', W'] on the latent grid, mean 1, mixed with uniform by `lam`."""
+    def advantage_maps(
+        self,
+        videos: torch.Tensor,
+        group_size: int,
+        lam: float,
+        latent_thw: tuple[int, int, int],
+        advantages: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Per-video maps M [B, T', H', W'] on the latent grid, mean 1, mixed with uniform by `lam`.
+
+        With `advantages` [B] the map is reward-aligned (where winners and losers differ), without
+        them it is each video's deviation from its group's consensus.
+        """
         feats = self.features(videos)
         grouped = feats.reshape(-1, group_size, *feats.shape[1:])
-        raw = advantage_map_from_features(grouped, metric="l2" if self.model is None else "cosine")
+        metric = "l2" if self.model is None else "cosine"
+        if advantages is None:
+            raw = advantage_map_from_features(grouped, metric=metric)
+        else:
+            raw = reward_aligned_map(grouped, advantages.reshape(-1, group_size), metric=metric)
         mixed = normalize_and_mix(raw.flatten(0, 1), lam)
         return resample_to_latent(mixed, latent_thw)

@@ -11,6 +11,7 @@ from algorithms.vipo import (
     pixel_feature_extractor,
     map_weighted_log_prob,
     resample_to_latent,
+    reward_aligned_map,
 )
 from algorithms.grpo import clipped_surrogate
 
@@ -100,3 +101,37 @@ def test_resample_keeps_mean_one_and_shape(mode):
     assert_close(latent.mean(dim=(-3, -2, -1)), torch.ones(3))
     up = resample_to_latent(adv_map, (9, 32, 32), mode=mode)
     assert_close(up.mean(dim=(-3, -2, -1)), torch.ones(3))
+
+
+def test_reward_aligned_map_finds_where_the_reward_is_decided():
+    """Features vary everywhere (a large, reward-irrelevant moving object in one region), but
+    only one small quiet patch tracks the advantages: that patch gets the credit."""
+    gen = torch.Generator().manual_seed(4)
+    p, g = 3, 8
+    feats = 0.01 * torch.randn(p, g, 3, 6, 6, 5, generator=gen)
+    feats[:, :, :, 3:, 3:] += 2.0 * torch.randn(p, g, 3, 3, 3, 5, generator=gen)  # loud, irrelevant
+    advantages = torch.randn(p, g, generator=gen)
+    feats[:, :, 1, 0, 0, 0] += 0.2 * advantages  # quiet, but decides the reward
+    raw = reward_aligned_map(feats, advantages)
+    assert raw.shape == (p, g, 3, 6, 6)
+    assert torch.equal(raw[:, 0], raw[:, 5])  # one map per group
+    for group in raw[:, 0]:
+        assert group.flatten().argmax().item() == 1 * 36  # (t=1, h=0, w=0)
+        assert group[1, 0, 0] > 0.9  # correlation ~1 there
+    mixed = normalize_and_mix(raw.flatten(0, 1), lam=1.0)
+    assert mixed.reshape(p, g, 3, 6, 6)[:, :, 1, 0, 0].min() > 2.0  # over twice the uniform credit
+    # invariant to the advantages' and the features' scale
+    assert_close(reward_aligned_map(feats, 3.0 * advantages), raw)
+    assert_close(reward_aligned_map(10.0 * feats, advantages), raw, rtol=1e-4, atol=1e-6)
+    # the deviation map, blind to the reward, puts the credit on the loud region instead
+    deviation = normalize_and_mix(advantage_map_from_features(feats, metric="l2").flatten(0, 1), lam=1.0)
+    assert deviation.reshape(p, g, 3, 6, 6)[:, :, 1, 0, 0].mean() < 0.5
+
+
+def test_reward_aligned_map_without_reward_spread_is_uniform():
+    feats = torch.randn(2, 4, 2, 3, 3, 5)
+    raw = reward_aligned_map(feats, torch.zeros(2, 4))
+    assert torch.equal(raw, torch.zeros_like(raw))
+    assert torch.equal(normalize_and_mix(raw.flatten(0, 1), lam=0.8), torch.ones(8, 2, 3, 3))
+    with pytest.raises(ValueError, match="advantages"):
+        reward_aligned_map(feats, torch.zeros(2, 3))

@@ -28,8 +28,8 @@ def test_every_arm_is_a_valid_config_with_real_scores(key, tmp_path):
 
 
 def test_metrics_on_scripted_records():
-    records = [{"step": i + 1, "reward_mean": 0.1 + 0.01 * i, "reward/motion": 0.5, "reward/dynamic": 0.5 + 0.02 * i,
-                "reward/still": 0.5 - 0.01 * i} for i in range(20)]
+    records = [{"step": i + 1, "reward_mean": 0.1 + 0.01 * i, "reward/smoothness": 0.5, "reward/warp": 0.5 + 0.02 * i,
+                "reward/count": 0.5 - 0.01 * i} for i in range(20)]
     k = ablations.window(records)
     assert k == 5
     assert ablations.improvement(records, "reward_mean") == pytest.approx(0.15)
@@ -39,5 +39,9 @@ def test_metrics_on_scripted_records():
     assert ablations.steps_to_target(records) == 7.0
     assert ablations.steps_to_target(records, delta=1.0) == 21.0  # never: budget + 1
     assert math.isnan(ablations.phase_switch_step(records))
+    assert math.isnan(ablations.count_share(records))  # weighted_sum logs no joint weights
+    for r in records:
+        r.update({"joint_c/smoothness": 0.25, "joint_c/warp": 0.25, "joint_c/count": 1.0})
+    assert ablations.count_share(records) == pytest.approx(2 / 3)
     records[9]["curriculum/phase_index"] = 1.0
     assert ablations.phase_switch_step(records) == 10.0

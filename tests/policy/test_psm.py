@@ -22,6 +22,21 @@ def test_pixel_backbone_lights_up_the_local_defect():
     assert defect > 2 * maps[0, 1:, 10:14, 10:14].mean()
 
 
+def test_reward_aligned_maps_credit_where_the_reward_was_decided():
+    """Two defects in one group: the white patch (bottom-right, video 2) and a dimmed square
+    (video 0). Only the patch decides the advantages, so only the patch gets the credit."""
+    videos = group_with_one_local_defect()
+    videos[0, :, 8:16, 8:16] *= 0.5
+    advantages = torch.tensor([0.0, 1.0, -3.0, 1.0]) / 3**0.5  # video 2 lost, the patch is why
+    psm = PerceptualStructuringModule("pixel", patch=4)
+    maps = psm.advantage_maps(videos, 4, 1.0, (3, 16, 16), advantages)
+    torch.testing.assert_close(maps.mean(dim=(1, 2, 3)), torch.ones(4))
+    patch, square = maps[:, 1:, 10:14, 10:14].mean(), maps[:, 1:, 4:8, 4:8].mean()
+    assert patch > 3 * square
+    blind = psm.advantage_maps(videos, 4, 1.0, (3, 16, 16))  # the deviation map also lights the square
+    assert blind[0, 1:, 4:8, 4:8].mean() > 3 * maps[0, 1:, 4:8, 4:8].mean()
+
+
 def test_dinov2_backbone_from_a_path(tmp_path):
     torch.manual_seed(0)
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
