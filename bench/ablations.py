@@ -26,11 +26,12 @@ difference (method − baseline, same seed), in `<out>/results.md`, with the cur
                        with three or more; here it is invariant to the duplicated skill, while
                        advantage_sum gives smoothness two thirds of the weight.
 (d) Self-Paced (§3.4)  rewards `coarse_smoothness.fidelity` (toy smoothness through a critic that
-                       caps at 1 above smoothness 0.2 and has N(0, 0.02²) noise: saturated for
-                       most base-model videos; phase visual_fidelity) and toy `motion` (phase
-                       semantic_alignment), advantages summed per reward (advantage_sum) in both
-                       arms, so a saturated reward's advantage is normalised noise; fixed =
-                       equal weights. Metric: improvement of motion (the later phase).
+                       caps at 1 above smoothness 0.15 and has N(0, 0.02²) noise: saturated for
+                       most base-model videos; phase visual_fidelity) and optical-flow
+                       `warp_error` (phase temporal_coherence), advantages summed per reward
+                       (advantage_sum) in both arms, so a saturated reward's advantage is
+                       normalised noise; fixed = equal weights. Metric: improvement of warp
+                       (the later phase).
 
 Improvements are over the run's own start: k = min(5, steps // 2) steps at each end.
 Limits: 4 fixed prompts per seed (the prompt pool IS the batch), so the curves measure fitting
@@ -140,7 +141,7 @@ class Ablation:
 
 
 SELF_PACED = {
-    "enabled": True, "reward_phases": {"fidelity": "visual_fidelity", "motion": "semantic_alignment"},
+    "enabled": True, "reward_phases": {"fidelity": "visual_fidelity", "warp": "temporal_coherence"},
     "window": 3, "patience": 1, "std_threshold": 0.05, "saturation_threshold": 0.9, "floor": 0.1,
 }
 # (c): objective -> score. Two critics of one skill (temporal smoothness: the toy judge and the
@@ -205,20 +206,21 @@ ABLATIONS = {
     ),
     "d": Ablation(
         key="d", title="(d) Self-Paced vs fixed weights: a saturating first reward",
-        setup="components coarse_smoothness.fidelity = min(1, smoothness/0.2) + N(0, 0.02²) (visual_fidelity; "
-              "saturated for most base-model videos, so its group differences are mostly noise) and toy motion "
-              "(semantic_alignment), advantage_sum in both arms; fixed = 0.5/0.5; "
+        setup="components coarse_smoothness.fidelity = min(1, smoothness/0.15) + N(0, 0.02²) (visual_fidelity; "
+              "saturated for most base-model videos, so its group differences are mostly noise) and motion.warp_error "
+              "(temporal_coherence), advantage_sum in both arms; fixed = 0.5/0.5; "
               f"self-paced window {SELF_PACED['window']}, patience {SELF_PACED['patience']}, std_threshold "
               f"{SELF_PACED['std_threshold']}, saturation_threshold {SELF_PACED['saturation_threshold']}, floor {SELF_PACED['floor']}",
-        rewards={"critics": [{"name": "toy_judges"}, {"name": "coarse_smoothness", "options": {"threshold": 0.2, "noise_std": 0.02}}],
+        rewards={"critics": [{"name": "motion", "options": {"time_direction": False}},
+                             {"name": "coarse_smoothness", "options": {"threshold": 0.15, "noise_std": 0.02}}],
                  "components": {"fidelity": {"score": "coarse_smoothness.fidelity", "weight": 0.5},
-                                "motion": {"score": "toy_judges.motion", "weight": 0.5}}},
+                                "warp": {"score": "motion.warp_error", "weight": 0.5}}},
         grpo={"joint_reward": {"mode": "advantage_sum"}},
         arms={"fixed": {}, "self_paced": {"self_paced": SELF_PACED}},
-        metrics=(Metric("motion (later-phase) improvement", lambda r: improvement(r, "reward/motion")),
+        metrics=(Metric("warp (later-phase) improvement", lambda r: improvement(r, "reward/warp")),
                  Metric("fidelity improvement", lambda r: improvement(r, "reward/fidelity")),
                  Metric("phase switch step", phase_switch_step, higher_is_better=False)),
-        curves=("reward/motion", "reward/fidelity"),
+        curves=("reward/warp", "reward/fidelity"),
     ),
 }
 
