@@ -170,7 +170,7 @@ ABLATIONS = {
         rewards={"critics": [{"name": "noisy_toy", "options": {"noise_std": 0.3, "clean_score": "smoothness",
                                                                "ambiguous_motions": ["left", "right"]}}],
                  "components": {"noisy": {"score": "noisy_toy.noisy"}}},
-        arms={"GRPO": {}, "BPGO": {"bpgo": {"ras": True, "crt": True}}},
+        arms={"GRPO": {}, "BPGO": {"bpgo": {"ras": True, "crt": True}}, "BPGO RAS only": {"bpgo": {"ras": True}}},
         metrics=(Metric("clean-objective improvement", lambda r: improvement(r, "score/noisy_toy.clean")),
                  Metric("noisy-reward improvement", lambda r: improvement(r, "reward/noisy"))),
         curves=("score/noisy_toy.clean",),
