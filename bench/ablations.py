@@ -1,6 +1,6 @@
 """Stage II ablations on the toy world: each mechanism against plain GRPO on the failure it targets.
 
-    python -m bench.ablations [--seeds 3] [--steps 24] [--only a,b,c,d] [--quick] [--out runs/ablations]
+    python -m bench.ablations [--seeds 3] [--steps 30] [--only a,a2,b,c,d] [--quick] [--out runs/ablations]
                               [--resume]
 
 Every arm is a real GRPO run of the driver (cluster/grpo.py) on ONE local Ray cluster, started
@@ -14,6 +14,10 @@ difference (method − baseline, same seed), in `<out>/results.md`, with the cur
                        motion), clean elsewhere (critic `noisy_toy`); trained on the noisy score,
                        with the BPGO prior read from the same noisy critic (as it would be in
                        practice). Metric: improvement of the CLEAN smoothness.
+(a2) BPGO, continued   as (a), but the ambiguous prompts' evaluator is consistently wrong instead of
+                       noisy: it adds a fixed random linear read-out of the pooled pixels
+                       (`noisy_toy` error=spurious), which the policy can learn. Zero-mean noise
+                       costs GRPO nothing measurable in (a); a learnable wrong preference does.
 (b) ViPO (§3.2)        reward = ½ flicker-stability of the top-left 8x8 corner + ½ toy overall
                        (critic `local_defect`). Metrics: steps until the trailing 3-step mean
                        reward is step-1 reward + 0.05 (budget + 1 if never), final reward.
@@ -175,6 +179,18 @@ ABLATIONS = {
                  Metric("noisy-reward improvement", lambda r: improvement(r, "reward/noisy"))),
         curves=("score/noisy_toy.clean",),
     ),
+    "a2": Ablation(
+        key="a2", title="(a2) BPGO vs GRPO: a consistently wrong reward on ambiguous prompts",
+        setup="as (a), but on the ambiguous prompts the reward adds 1.0 x a fixed random linear read-out of the pooled "
+              "pixels (noisy_toy error=spurious: learnable, unrelated to smoothness) instead of random noise",
+        rewards={"critics": [{"name": "noisy_toy", "options": {"noise_std": 1.0, "clean_score": "smoothness", "error": "spurious",
+                                                               "ambiguous_motions": ["left", "right"]}}],
+                 "components": {"noisy": {"score": "noisy_toy.noisy"}}},
+        arms={"GRPO": {}, "BPGO": {"bpgo": {"ras": True, "crt": True}}, "BPGO RAS only": {"bpgo": {"ras": True}}},
+        metrics=(Metric("clean-objective improvement", lambda r: improvement(r, "score/noisy_toy.clean")),
+                 Metric("noisy-reward improvement", lambda r: improvement(r, "reward/noisy"))),
+        curves=("score/noisy_toy.clean",),
+    ),
     "b": Ablation(
         key="b", title="(b) ViPO vs GRPO: a local defect (corner flicker)",
         setup="trained on local_defect.score = ½ exp(-flicker/0.02) of the top-left 8x8 corner + ½ toy overall; "
@@ -307,9 +323,11 @@ def plot(results: dict, path: Path) -> None:
     import numpy as np
 
     keys = list(results)
-    cols = 2 if len(keys) == 4 else len(keys)
+    cols = 2 if len(keys) == 4 else min(3, len(keys))
     rows = -(-len(keys) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
     for ax, key in zip(axes.flat, keys):
         ablation = ABLATIONS[key]
         for colour, (arm, runs) in zip(("tab:blue", "tab:red", "tab:green"), results[key].items()):
@@ -333,8 +351,8 @@ def plot(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (0..n-1)")
-    parser.add_argument("--steps", type=int, default=24, help="GRPO steps per run")
-    parser.add_argument("--only", default="a,b,c,d", help="comma-separated ablations to run")
+    parser.add_argument("--steps", type=int, default=30, help="GRPO steps per run")
+    parser.add_argument("--only", default=",".join(ABLATIONS), help="comma-separated ablations to run")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 6 steps, output under <out>/quick")
     parser.add_argument("--out", default=str(ROOT / "runs" / "ablations"))
     parser.add_argument("--resume", action="store_true",

@@ -50,9 +50,15 @@ def video_noise(videos: torch.Tensor, salt: int = 0) -> torch.Tensor:
 
 @register_critic
 class NoisyToyJudges(Critic):
-    """The toy judges, plus `noisy` = clean + N(0, noise_std^2) on ambiguous prompts only.
+    """The toy judges, plus `noisy` = clean + noise_std * error on ambiguous prompts only.
 
-    `clean` is the toy score named by `clean_score` (default `overall`). A prompt is ambiguous
+    `clean` is the toy score named by `clean_score` (default `overall`). `error` is
+      "random":   N(0, 1) per video (seeded by its pixels): an evaluator that is merely noisy;
+      "spurious": a fixed random linear read-out of the video's 4x4-pooled pixels, normalised by
+                  their norm (unit scale across videos, ~0.3 within a prompt's group on the toy
+                  base model): an evaluator that is consistently wrong there, preferring some
+                  arbitrary look the policy can learn, as reward models do out of distribution.
+    A prompt is ambiguous
     when its motion is in `ambiguous_motions` or its background in `ambiguous_backgrounds`
     (default: horizontal motion, as if the evaluator could not tell a clip from its mirror
     image). Elsewhere `noisy` equals `clean` exactly. `ambiguous` (0/1) is reported so a run can
@@ -63,9 +69,12 @@ class NoisyToyJudges(Critic):
     score_names = (*TOY_SCORES, "clean", "noisy", "ambiguous")
 
     def __init__(self, noise_std: float = 0.3, ambiguous_motions=("left", "right"), ambiguous_backgrounds=(),
-                 salt: int = 0, clean_score: str = "overall"):
+                 salt: int = 0, clean_score: str = "overall", error: str = "random"):
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if error not in ("random", "spurious"):
+            raise ValueError(f"error must be 'random' or 'spurious', got {error!r}")
+        self.error = error
         if clean_score not in TOY_SCORES:
             raise ValueError(f"clean_score must be one of the toy scores {TOY_SCORES}, got {clean_score!r}")
         self.clean_score = clean_score
@@ -81,11 +90,24 @@ class NoisyToyJudges(Critic):
     def _score(self, videos: torch.Tensor, prompts: list[str], first_frames) -> CriticOutput:
         scores = {key: value.float() for key, value in judge_all(videos, prompts).items()}
         ambiguous = torch.tensor([self.is_ambiguous(p) for p in prompts])
-        noise = video_noise(videos, self.salt)
+        noise = video_noise(videos, self.salt) if self.error == "random" else spurious_readout(videos, self.salt)
         scores["clean"] = scores[self.clean_score]
         scores["noisy"] = torch.where(ambiguous, scores["clean"] + self.noise_std * noise, scores["clean"])
         scores["ambiguous"] = ambiguous.float()
         return CriticOutput(scores=scores)
+
+
+def spurious_readout(videos: torch.Tensor, salt: int = 0, pool: int = 4) -> torch.Tensor:
+    """[B] w . x / ||x||: x = the video's `pool`x`pool`-pooled pixels minus 0.5, w ~ N(0, I) fixed by
+    `salt` and the video's shape. Deterministic, smooth in the pixels (so a policy can climb it)
+    and unrelated to any toy judge by construction."""
+    b, t, h, w_, c = videos.shape
+    pixels = videos.detach().to("cpu", torch.float32)
+    if pixels.max() > 1.0:  # uint8 videos
+        pixels = pixels / 255.0
+    x = torch.nn.functional.avg_pool2d(pixels.permute(0, 1, 4, 2, 3).reshape(b, t * c, h, w_), pool).reshape(b, -1) - 0.5
+    weights = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(salt))
+    return (x @ weights) / x.norm(dim=1).clamp_min(1e-8)
 
 
 def flicker_map(videos: torch.Tensor) -> torch.Tensor:
@@ -187,4 +209,5 @@ class CoarseSmoothness(Critic):
         return CriticOutput(scores={"fidelity": fidelity, "smoothness": smoothness})
 
 
-__all__ = ["CoarseSmoothness", "LocalDefect", "NoisyToyJudges", "Stillness", "flicker_map", "video_noise", "video_seed"]
+__all__ = ["CoarseSmoothness", "LocalDefect", "NoisyToyJudges", "Stillness", "flicker_map", "spurious_readout", "video_noise",
+           "video_seed"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reward_services.base import build_critic
-from reward_services.critics.ablation import flicker_map, video_seed
+from reward_services.critics.ablation import flicker_map, spurious_readout, video_seed
 from toyworld.judges import judge_all
 
 CLEAR = "a red square moves up on a black background"
@@ -68,6 +68,25 @@ def test_clean_score_is_selectable():
     assert (scores["noisy"][3:] - scores["smoothness"][3:]).abs().min() > 1e-4
     with pytest.raises(ValueError, match="clean_score"):
         build_critic("noisy_toy", clean_score="brightness")
+
+
+def test_spurious_error_is_a_consistent_learnable_preference():
+    """error=spurious: the same video always gets the same error, it is a smooth function of the
+    pixels (a small change moves it a little), and it has unit scale across distinct videos."""
+    critic = build_critic("noisy_toy", noise_std=1.0, error="spurious", clean_score="smoothness")
+    videos = torch.cat([clips(AMBIGUOUS, n=8), clips(CLEAR, n=2)])
+    prompts = [AMBIGUOUS] * 8 + [CLEAR] * 2
+    scores = critic.score(videos, prompts).scores
+    error = scores["noisy"] - scores["clean"]
+    assert torch.equal(error[8:], torch.zeros(2))  # clear prompts untouched
+    assert torch.allclose(error[:8], spurious_readout(videos[:8]), atol=1e-6)
+    assert torch.equal(critic.score(videos, prompts).scores["noisy"], scores["noisy"])
+    nudged = spurious_readout((videos[:1] + 0.002).clamp(0, 1))
+    assert (nudged - spurious_readout(videos[:1])).abs().item() < 0.05
+    other = spurious_readout(torch.rand(64, 5, 24, 24, 3, generator=torch.Generator().manual_seed(0)))
+    assert 0.5 < other.std().item() < 2.0
+    with pytest.raises(ValueError, match="error"):
+        build_critic("noisy_toy", error="biased")
 
 
 def test_ambiguous_subset_is_configurable():
