@@ -5,7 +5,8 @@ lifts it to a map: a frozen backbone (the Perceptual Structuring Module; DINOv2/
 runs, `pixel_feature_extractor` in the toy world) embeds every video of a prompt group, and the
 map says where the reward difference most plausibly comes from: where the group's winners and
 losers differ (`reward_aligned_map`, the default) or where a video departs from its group's
-consensus (`advantage_map_from_features`). The objective then weights each latent element's log-likelihood by M * A:
+consensus (`advantage_map_from_features`). The objective then weights each latent element's
+log-likelihood by M * A:
 
     L_ViPO = E[ sum_{t,h,w} M_i^(t,h,w) * A_i * log pi_theta(v_i) ]          (report eq. 2)
 
@@ -71,11 +72,12 @@ def reward_aligned_map(features: torch.Tensor, advantages: torch.Tensor, metric:
     group p gets S_p: each sample's scalar advantage is redistributed to where rewards are
     decided. Correlation, not covariance, so a quiet background region whose small changes track
     the reward is not drowned by the large, reward-irrelevant differences of a moving object;
-    eps * s_p (s_p = the group's mean feature spread) only guards constant positions (0 / 0). Why not only `advantage_map_from_features` (deviation from the
-    group's consensus)? That map lights up wherever samples differ at all, the moving object in
-    the toy world (measured on base-model groups scored by `local_defect`: the flickering corner
-    got 0.77-0.95x uniform credit from the deviation map, 0.82-1.14x from this one: the base
-    model's flicker is mostly global, so neither map can isolate the corner much).
+    eps * s_p (s_p = the group's mean feature spread) only guards constant positions (0 / 0).
+    Why not only `advantage_map_from_features` (deviation from the group's consensus)? That map
+    lights up wherever samples differ at all, the moving object in the toy world (measured on
+    base-model groups scored by `local_defect`: the flickering corner got 0.77-0.95x uniform
+    credit from the deviation map, 0.82-1.14x from this one: the base model's flicker is mostly
+    global, so neither map can isolate the corner much).
     metric="cosine" unit-normalises features first (backbone tokens). A group without reward
     spread (A = 0) gives S = 0, which `normalize_and_mix` turns into the uniform map.
     Returns [P, G, T, h, w].

@@ -165,31 +165,34 @@ def count_share(records: list[dict]) -> float:
     return statistics.fmean(r["joint_c/count"] / sum(r[f"joint_c/{name}"] for name in JOINT) for r in records)
 
 
-ABLATIONS = {
-    "a": Ablation(
-        key="a", title="(a) BPGO vs GRPO: noisy reward on ambiguous prompts",
-        setup="trained on noisy_toy.noisy = toy smoothness + N(0, 0.3²) on horizontal-motion prompts (clean elsewhere; "
-              "1-2 of the 4 prompts per seed); BPGO = RAS + CRT with the config defaults, prior from 1 reference group "
-              "per prompt scored by the SAME noisy critic, EMA; metric on the clean smoothness",
-        rewards={"critics": [{"name": "noisy_toy", "options": {"noise_std": 0.3, "clean_score": "smoothness",
-                                                               "ambiguous_motions": ["left", "right"]}}],
+def bpgo_ablation(key: str, title: str, setup: str, **noise: object) -> Ablation:
+    """(a)/(a2): trained on `noisy_toy` (smoothness, corrupted on horizontal-motion prompts as
+    `noise` says), scored on the clean smoothness; GRPO vs BPGO (RAS + CRT) vs RAS alone."""
+    options = {**noise, "clean_score": "smoothness", "ambiguous_motions": ["left", "right"]}
+    return Ablation(
+        key=key, title=title, setup=setup,
+        rewards={"critics": [{"name": "noisy_toy", "options": options}],
                  "components": {"noisy": {"score": "noisy_toy.noisy"}}},
         arms={"GRPO": {}, "BPGO": {"bpgo": {"ras": True, "crt": True}}, "BPGO RAS only": {"bpgo": {"ras": True}}},
         metrics=(Metric("clean-objective improvement", lambda r: improvement(r, "score/noisy_toy.clean")),
                  Metric("noisy-reward improvement", lambda r: improvement(r, "reward/noisy"))),
         curves=("score/noisy_toy.clean",),
+    )
+
+
+ABLATIONS = {
+    "a": bpgo_ablation(
+        key="a", title="(a) BPGO vs GRPO: noisy reward on ambiguous prompts",
+        setup="trained on noisy_toy.noisy = toy smoothness + N(0, 0.3²) on horizontal-motion prompts (clean elsewhere; "
+              "1-3 of the 4 prompts per seed); BPGO = RAS + CRT with the config defaults, prior from 1 reference group "
+              "per prompt scored by the SAME noisy critic, EMA; metric on the clean smoothness",
+        noise_std=0.3,
     ),
-    "a2": Ablation(
+    "a2": bpgo_ablation(
         key="a2", title="(a2) BPGO vs GRPO: a consistently wrong reward on ambiguous prompts",
         setup="as (a), but on the ambiguous prompts the reward adds 1.0 x a fixed random linear read-out of the pooled "
               "pixels (noisy_toy error=spurious: learnable, unrelated to smoothness) instead of random noise",
-        rewards={"critics": [{"name": "noisy_toy", "options": {"noise_std": 1.0, "clean_score": "smoothness", "error": "spurious",
-                                                               "ambiguous_motions": ["left", "right"]}}],
-                 "components": {"noisy": {"score": "noisy_toy.noisy"}}},
-        arms={"GRPO": {}, "BPGO": {"bpgo": {"ras": True, "crt": True}}, "BPGO RAS only": {"bpgo": {"ras": True}}},
-        metrics=(Metric("clean-objective improvement", lambda r: improvement(r, "score/noisy_toy.clean")),
-                 Metric("noisy-reward improvement", lambda r: improvement(r, "reward/noisy"))),
-        curves=("score/noisy_toy.clean",),
+        noise_std=1.0, error="spurious",
     ),
     "b": Ablation(
         key="b", title="(b) ViPO vs GRPO: a local defect (corner flicker)",

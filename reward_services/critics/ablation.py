@@ -58,10 +58,9 @@ class NoisyToyJudges(Critic):
                   their norm (unit scale across videos, ~0.3 within a prompt's group on the toy
                   base model): an evaluator that is consistently wrong there, preferring some
                   arbitrary look the policy can learn, as reward models do out of distribution.
-    A prompt is ambiguous
-    when its motion is in `ambiguous_motions` or its background in `ambiguous_backgrounds`
-    (default: horizontal motion, as if the evaluator could not tell a clip from its mirror
-    image). Elsewhere `noisy` equals `clean` exactly. `ambiguous` (0/1) is reported so a run can
+    A prompt is ambiguous when its motion is in `ambiguous_motions` or its background in
+    `ambiguous_backgrounds` (default: horizontal motion, as if the evaluator could not tell a clip
+    from its mirror image). Elsewhere `noisy` equals `clean` exactly. `ambiguous` (0/1) is reported so a run can
     be split by subset afterwards.
     """
 
@@ -74,9 +73,9 @@ class NoisyToyJudges(Critic):
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         if error not in ("random", "spurious"):
             raise ValueError(f"error must be 'random' or 'spurious', got {error!r}")
-        self.error = error
         if clean_score not in TOY_SCORES:
             raise ValueError(f"clean_score must be one of the toy scores {TOY_SCORES}, got {clean_score!r}")
+        self.error = error
         self.clean_score = clean_score
         self.noise_std = float(noise_std)
         self.ambiguous_motions = frozenset(ambiguous_motions)
@@ -102,9 +101,7 @@ def spurious_readout(videos: torch.Tensor, salt: int = 0, pool: int = 4) -> torc
     `salt` and the video's shape. Deterministic, smooth in the pixels (so a policy can climb it)
     and unrelated to any toy judge by construction."""
     b, t, h, w_, c = videos.shape
-    pixels = videos.detach().to("cpu", torch.float32)
-    if pixels.max() > 1.0:  # uint8 videos
-        pixels = pixels / 255.0
+    pixels = videos.detach().to("cpu", torch.float32)  # in [0, 1]: `Critic.score` converts uint8
     x = torch.nn.functional.avg_pool2d(pixels.permute(0, 1, 4, 2, 3).reshape(b, t * c, h, w_), pool).reshape(b, -1) - 0.5
     weights = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(salt))
     return (x @ weights) / x.norm(dim=1).clamp_min(1e-8)

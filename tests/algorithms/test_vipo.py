@@ -7,9 +7,9 @@ from tests.helpers import assert_close
 
 from algorithms.vipo import (
     advantage_map_from_features,
+    map_weighted_log_prob,
     normalize_and_mix,
     pixel_feature_extractor,
-    map_weighted_log_prob,
     resample_to_latent,
     reward_aligned_map,
 )
