@@ -251,7 +251,7 @@ ABLATIONS = {
 def run_arm(ablation: Ablation, arm: str, seed: int, steps: int, out: Path, resume: bool = False) -> tuple[list[dict], bool]:
     """(per-step training records, whether they were reused). Each finished run leaves
     `bench_run.json` (its config and records) in its run dir; with `resume` a run whose stored
-    config equals this one is read back instead of recomputed, so an interrupted benchmark
+    config equals this one (run_dir aside) is read back instead of recomputed, so an interrupted benchmark
     (e.g. a Ray node killed from outside) continues where it stopped."""
     from cluster.grpo import GRPODriver
 
@@ -260,7 +260,8 @@ def run_arm(ablation: Ablation, arm: str, seed: int, steps: int, out: Path, resu
     wanted = config.model_dump(mode="json")
     if resume and done.exists():
         stored = json.loads(done.read_text())
-        if stored.get("config") == wanted:
+        # run_dir is where the file lies, not what was trained: `--out runs/x` and its absolute form match
+        if {**stored.get("config", {}), "run_dir": None} == {**wanted, "run_dir": None}:
             return stored["records"], True
     driver = GRPODriver(config)
     driver.setup()
@@ -286,6 +287,23 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return f"{mean:+.{digits}f} ± {std:.{digits}f}" if digits else f"{mean:.1f} ± {std:.1f}"
 
 
+def paired_evidence(diffs: list[float], higher_is_better: bool, digits: int) -> str:
+    """95% t-interval of the mean paired difference and on how many seeds the method was better.
+
+    The seeds are the independent units (each pair shares prompts, step-1 rollouts and sampling
+    seeds), so the paired t-interval is the honest test: an interval that excludes 0 is an effect
+    this many seeds can separate from seed noise; one that straddles 0 is not."""
+    from scipy import stats
+
+    finite = [d for d in diffs if math.isfinite(d)]
+    if len(finite) < 2:
+        return "n/a"
+    mean, std = mean_std(finite)
+    half = stats.t.ppf(0.975, len(finite) - 1) * std / math.sqrt(len(finite))
+    better = sum(d > 0 if higher_is_better else d < 0 for d in finite)
+    return f"[{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]; better on {better}/{len(finite)}"
+
+
 def per_seed(values: list[float], digits: int, signed: bool = False) -> str:
     sign = "+" if signed else ""
     return ", ".join("n/a" if not math.isfinite(v) else f"{v:{sign}.{digits}f}" for v in values)
@@ -302,18 +320,19 @@ def summarise(results: dict, seeds: list[int]) -> list[str]:
         ablation = ABLATIONS[key]
         arms = list(by_arm)
         lines += [f"### {ablation.title}", "", f"Setup: {ablation.setup}.", "",
-                  "| metric | arm | mean ± std | per seed (" + ", ".join(map(str, seeds)) + ") |",
-                  "| --- | --- | --- | --- |"]
+                  "| metric | arm | mean ± std | paired 95% CI | per seed (" + ", ".join(map(str, seeds)) + ") |",
+                  "| --- | --- | --- | --- | --- |"]
         for metric in ablation.metrics:
             d = digits_for(metric)
             per_arm = {arm: [metric.compute(records) for records in by_arm[arm]] for arm in arms}
             for arm in arms:
-                lines.append(f"| {metric.name} | {arm} | {fmt(per_arm[arm], d)} | {per_seed(per_arm[arm], d)} |")
+                lines.append(f"| {metric.name} | {arm} | {fmt(per_arm[arm], d)} | | {per_seed(per_arm[arm], d)} |")
             better = "higher" if metric.higher_is_better else "lower"
             for arm in arms[1:]:
                 diff = [m - b for m, b in zip(per_arm[arm], per_arm[arms[0]])]
                 lines.append(f"| {metric.name} | {arm} − {arms[0]} (paired; {better} favours {arm}) | "
-                             f"{fmt(diff, d)} | {per_seed(diff, d, signed=True)} |")
+                             f"{fmt(diff, d)} | {paired_evidence(diff, metric.higher_is_better, max(d, 1))} | "
+                             f"{per_seed(diff, d, signed=True)} |")
         lines.append("")
     return lines
 

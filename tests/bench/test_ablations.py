@@ -45,3 +45,11 @@ def test_metrics_on_scripted_records():
     assert ablations.count_share(records) == pytest.approx(2 / 3)
     records[9]["curriculum/phase_index"] = 1.0
     assert ablations.phase_switch_step(records) == 10.0
+
+
+def test_paired_evidence_interval_and_win_count():
+    # mean 0.1, sample std 0.2 / sqrt(3), n = 4: half-width t(0.975, 3) * std / 2 = 3.182 * 0.0577 = 0.184
+    diffs = [0.0, 0.2, 0.0, 0.2]
+    assert ablations.paired_evidence(diffs, higher_is_better=True, digits=3) == "[-0.084, +0.284]; better on 2/4"
+    assert ablations.paired_evidence(diffs, higher_is_better=False, digits=3).endswith("better on 0/4")
+    assert ablations.paired_evidence([0.5, math.nan], higher_is_better=True, digits=3) == "n/a"
