@@ -18,6 +18,9 @@ difference (method − baseline, same seed), in `<out>/results.md`, with the cur
                        noisy: it adds a fixed random linear read-out of the pooled pixels
                        (`noisy_toy` error=spurious), which the policy can learn. Zero-mean noise
                        costs GRPO nothing measurable in (a); a learnable wrong preference does.
+(a3) BPGO, majority     as (a2), but every moving prompt is ambiguous, only the still ones clean
+                       (about three of four prompts per seed). Added to test a post-hoc split of
+                       (a2) at 12 seeds: BPGO's gain grew with the seed's share of ambiguous prompts.
 (b) ViPO (§3.2)        reward = ½ flicker-stability of the top-left 8x8 corner + ½ toy overall
                        (critic `local_defect`). Metrics: steps until the trailing 3-step mean
                        reward is step-1 reward + 0.05 (budget + 1 if never), final reward.
@@ -165,10 +168,11 @@ def count_share(records: list[dict]) -> float:
     return statistics.fmean(r["joint_c/count"] / sum(r[f"joint_c/{name}"] for name in JOINT) for r in records)
 
 
-def bpgo_ablation(key: str, title: str, setup: str, **noise: object) -> Ablation:
-    """(a)/(a2): trained on `noisy_toy` (smoothness, corrupted on horizontal-motion prompts as
-    `noise` says), scored on the clean smoothness; GRPO vs BPGO (RAS + CRT) vs RAS alone."""
-    options = {**noise, "clean_score": "smoothness", "ambiguous_motions": ["left", "right"]}
+def bpgo_ablation(key: str, title: str, setup: str, ambiguous_motions=("left", "right"), **noise: object) -> Ablation:
+    """(a)/(a2)/(a3): trained on `noisy_toy` (smoothness, corrupted on the prompts moving in one of
+    `ambiguous_motions` as `noise` says), scored on the clean smoothness; GRPO vs BPGO (RAS + CRT)
+    vs RAS alone."""
+    options = {**noise, "clean_score": "smoothness", "ambiguous_motions": list(ambiguous_motions)}
     return Ablation(
         key=key, title=title, setup=setup,
         rewards={"critics": [{"name": "noisy_toy", "options": options}],
@@ -193,6 +197,12 @@ ABLATIONS = {
         setup="as (a), but on the ambiguous prompts the reward adds 1.0 x a fixed random linear read-out of the pooled "
               "pixels (noisy_toy error=spurious: learnable, unrelated to smoothness) instead of random noise",
         noise_std=1.0, error="spurious",
+    ),
+    "a3": bpgo_ablation(
+        key="a3", title="(a3) BPGO vs GRPO: a consistently wrong reward on most prompts",
+        setup="as (a2), but every moving prompt is ambiguous (all four directions), only the still ones are clean: "
+              "1-4 of the 4 prompts per seed, 2.9 on average over seeds 0-11",
+        ambiguous_motions=("left", "right", "up", "down"), noise_std=1.0, error="spurious",
     ),
     "b": Ablation(
         key="b", title="(b) ViPO vs GRPO: a local defect (corner flicker)",
