@@ -261,8 +261,8 @@ ABLATIONS = {
 def run_arm(ablation: Ablation, arm: str, seed: int, steps: int, out: Path, resume: bool = False) -> tuple[list[dict], bool]:
     """(per-step training records, whether they were reused). Each finished run leaves
     `bench_run.json` (its config and records) in its run dir; with `resume` a run whose stored
-    config equals this one (run_dir aside) is read back instead of recomputed, so an interrupted benchmark
-    (e.g. a Ray node killed from outside) continues where it stopped."""
+    config equals this one (run_dir aside) is read back instead of recomputed, so an interrupted
+    benchmark (e.g. a Ray node killed from outside) continues where it stopped."""
     from cluster.grpo import GRPODriver
 
     config = ablation.config(arm, seed, steps, out / ablation.key / arm / f"seed{seed}")

@@ -60,8 +60,8 @@ class NoisyToyJudges(Critic):
                   arbitrary look the policy can learn, as reward models do out of distribution.
     A prompt is ambiguous when its motion is in `ambiguous_motions` or its background in
     `ambiguous_backgrounds` (default: horizontal motion, as if the evaluator could not tell a clip
-    from its mirror image). Elsewhere `noisy` equals `clean` exactly. `ambiguous` (0/1) is reported so a run can
-    be split by subset afterwards.
+    from its mirror image). Elsewhere `noisy` equals `clean` exactly. `ambiguous` (0/1) is
+    reported so a run can be split by subset afterwards.
     """
 
     name = "noisy_toy"

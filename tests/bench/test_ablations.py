@@ -1,7 +1,9 @@
 """bench/ablations.py is wired correctly: every arm is a valid config whose reward components
 name scores its critics really produce, and the metrics compute what they say."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +55,31 @@ def test_paired_evidence_interval_and_win_count():
     assert ablations.paired_evidence(diffs, higher_is_better=True, digits=3) == "[-0.084, +0.284]; better on 2/4"
     assert ablations.paired_evidence(diffs, higher_is_better=False, digits=3).endswith("better on 0/4")
     assert ablations.paired_evidence([0.5, math.nan], higher_is_better=True, digits=3) == "n/a"
+
+
+def test_resume_reuses_a_finished_run_whatever_the_spelling_of_out(tmp_path, monkeypatch):
+    """A run stored under `--out runs/x` is found again under its absolute spelling (and the
+    reverse); a run whose training config differs is not (it would start a driver: here, fail)."""
+    ablation = ablations.ABLATIONS["a"]
+    monkeypatch.chdir(tmp_path)
+    relative = ablation.config("GRPO", seed=0, steps=4, run_dir=Path("out") / "a" / "GRPO" / "seed0")
+    Path(relative.run_dir).mkdir(parents=True)
+    records = [{"step": 1, "reward_mean": 0.5}]
+    stored = {"config": relative.model_dump(mode="json"), "records": records}
+    (Path(relative.run_dir) / "bench_run.json").write_text(json.dumps(stored))
+
+    monkeypatch.setattr("cluster.grpo.GRPODriver", _NoDriver)
+    assert ablations.run_arm(ablation, "GRPO", 0, 4, tmp_path / "out", resume=True) == (records, True)
+    stored["config"]["grpo"]["learning_rate"] *= 2
+    (Path(relative.run_dir) / "bench_run.json").write_text(json.dumps(stored))
+    with pytest.raises(_Recomputed):
+        ablations.run_arm(ablation, "GRPO", 0, 4, tmp_path / "out", resume=True)
+
+
+class _Recomputed(Exception):
+    pass
+
+
+class _NoDriver:
+    def __init__(self, config):
+        raise _Recomputed(config.run_dir)
