@@ -59,13 +59,13 @@ def fourier_features(frames: torch.Tensor, max_side: int = 64) -> torch.Tensor:
     colour, size or number changes them. The mean is removed so a flat frame has zero features.
     Frames are area-downsampled to `max_side` first to keep D small.
     """
-    images = frames.permute(0, 3, 1, 2).float()
+    images = frames.permute(0, 3, 1, 2).double()  # float32 leaves ~1e-8 of a flat frame after mean removal
     scale = max_side / max(images.shape[-2:])
     if scale < 1:
         size = (max(1, round(images.shape[-2] * scale)), max(1, round(images.shape[-1] * scale)))
         images = F.interpolate(images, size=size, mode="area")
     images = images - images.mean(dim=(-2, -1), keepdim=True)
-    return torch.fft.rfft2(images).abs().flatten(1)
+    return torch.fft.rfft2(images).abs().flatten(1).float()
 
 
 def color_histogram_features(frames: torch.Tensor, bins: int = 8) -> torch.Tensor:
