@@ -105,7 +105,7 @@ class PretrainedImageEncoder:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> "PretrainedImageEncoder":
-        from transformers import CLIPVisionModel, CLIPVisionModelWithProjection, Dinov2Model
+        from transformers import CLIPConfig, CLIPVisionModel, CLIPVisionModelWithProjection, Dinov2Model
 
         config_file = Path(path) / "config.json"
         if not config_file.is_file():
@@ -114,7 +114,11 @@ class PretrainedImageEncoder:
         if model_type == "dinov2":
             return cls(Dinov2Model.from_pretrained(path), *cls.IMAGENET, device=device)
         if model_type == "clip":
-            return cls(CLIPVisionModelWithProjection.from_pretrained(path), *cls.CLIP, device=device)
+            # the projection width is the full config's; the vision sub-config would default it to 512
+            config = CLIPConfig.from_pretrained(path)
+            vision = config.vision_config
+            vision.projection_dim = config.projection_dim
+            return cls(CLIPVisionModelWithProjection.from_pretrained(path, config=vision), *cls.CLIP, device=device)
         if model_type == "clip_vision_model":
             return cls(CLIPVisionModel.from_pretrained(path), *cls.CLIP, device=device)
         raise ValueError(f"{config_file}: model_type={model_type!r} is not one of {cls.MODEL_TYPES}")
