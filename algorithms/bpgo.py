@@ -12,9 +12,12 @@ anchor" and uses it twice:
    z = (r - mu_p) / sigma_p; confident winners (z > margin) are stretched, ambiguous samples
    (|z| <= margin) compressed, before the group-relative advantage is formed.
 
-The prior is fed with the reference policy's rewards: e.g. a pass of pi_ref over the prompt set
-(or the step-0 rollouts, where the policy still equals pi_ref) with rule="frozen", or a slow
-"ema"/"bayes" track when the anchor should follow training.
+The prior is the trust anchor: the reference policy's rewards on each prompt, pooled over every
+reference group sampled before training, and then held fixed ("pooled" once, never updated);
+"ema" and "bayes" let it follow the policy during training instead. It is a prior over the
+VECTOR of reward components, so one prior serves every joint-reward mode: component i reads its
+own statistics, and a weighted mix of rewards (report §3.5, with weights the Self-Paced
+curriculum may change, §3.4) reads the exact mean and variance of the mix in force now.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 
 from algorithms.grpo import group_advantages
 
-_RULES = ("ema", "bayes", "frozen")
+_RULES = ("pooled", "ema", "bayes")
 
 
 class PriorStats(NamedTuple):
@@ -38,31 +41,41 @@ class BPGOAdvantages(NamedTuple):
     group_weights: torch.Tensor  # [P]; the loss of group p is multiplied by group_weights[p]
 
 
+class _Entry(NamedTuple):
+    count: int  # rewards seen
+    mu: torch.Tensor  # [N] mean reward vector
+    cov: torch.Tensor  # [N, N] within-prompt covariance of one reward vector
+    mean_cov: torch.Tensor  # [N, N] posterior covariance of mu (0 except under "bayes")
+
+
 # --------------------------------------------------------------------------------------------
 # The prior
 # --------------------------------------------------------------------------------------------
 
 
 class RewardPrior:
-    """Per-prompt prior N(mu_p, sigma_p^2) of reference-policy rewards, with a global fallback.
+    """Per-prompt Gaussian prior N(mu_p, cov_p) of reference-policy reward vectors (N components),
+    with a global entry as the fallback for unseen prompts.
 
-    Each entry holds mu (mean reward), var (within-prompt reward variance), mean_var (posterior
-    variance of mu; 0 except under "bayes") and count (rewards seen). get() returns
-    sigma = sqrt(var + mean_var): the predictive spread of one new reward for that prompt.
+    get(prompts, weights=w) returns the prior of the mix w·r: mean w·mu_p and std
+    sqrt(wᵀ(cov_p + mean_cov_p)w), the predictive spread of one new reward. Both are exact for
+    any w, so w = e_i reads component i and a re-weighted mix reads its own anchor.
 
-    Update rules, for a group with G rewards, mean rbar and population variance s^2:
-      "ema":    first sight: mu = rbar, var = s^2. Then mu <- m mu + (1-m) rbar,
-                var <- m var + (1-m) s^2 (m = momentum): tracks a moving policy.
-      "bayes":  conjugate Normal update of mu with known variance. The "known" variance is the
-                prompt's pooled within-group variance var = (n var + G s^2) / (n + G), a plug-in
-                estimate; the prior on mu is N(mu, mean_var), for an unseen prompt the global
-                entry (or N(default_mu, default_sigma^2)). Posterior:
-                    1/mean_var' = 1/mean_var + G/var,   mu' = mean_var' (mu/mean_var + G rbar/var).
-      "frozen": first sight initialises as "ema" does; afterwards the entry never changes, so the
-                anchor stays at the reference statistics it was first given.
-    The global entry (the fallback for unseen prompts) is updated with the same rule from the
-    whole batch's rewards (mean and TOTAL variance, which includes between-prompt spread).
-    Prompt ids are keyed by str(id), so ints and strings survive a JSON round trip.
+    Update rules, for a group of G reward vectors with mean rbar and population covariance S:
+      "pooled": every sample counts once: n' = n + G, mu' = (n mu + G rbar) / n', and cov' the
+                population covariance of all n' samples, (n cov + G S)/n' + n G/n'² (mu − rbar)(mu − rbar)ᵀ.
+                Independent of the order and grouping of the samples.
+      "ema":    first sight as "pooled"; then mu <- m mu + (1-m) rbar, cov <- m cov + (1-m) S
+                (m = momentum): tracks a moving policy.
+      "bayes":  conjugate Normal update of mu with known covariance. The "known" covariance is the
+                prompt's pooled within-group covariance (n cov + G S) / (n + G), eigenvalues floored
+                at sigma_min²; the prior on mu is N(mu, mean_cov), for an unseen prompt the fallback's
+                predictive distribution. Posterior:
+                    mean_cov'⁻¹ = mean_cov⁻¹ + G cov⁻¹,   mu' = mean_cov' (mean_cov⁻¹ mu + G cov⁻¹ rbar).
+    The global entry is updated with the same rule from the whole batch's rewards (mean and TOTAL
+    covariance, which includes between-prompt spread); an empty prior reads
+    N(default_mu, default_sigma²) per component, independent. Prompt ids are keyed by str(id), so
+    ints and strings survive a JSON round trip.
     """
 
     def __init__(self, default_mu: float = 0.0, default_sigma: float = 1.0, sigma_min: float = 1e-3):
@@ -71,8 +84,9 @@ class RewardPrior:
         self.default_mu = float(default_mu)
         self.default_sigma = float(default_sigma)
         self.sigma_min = float(sigma_min)
-        self._prompts: dict[str, dict[str, float]] = {}
-        self._global: dict[str, float] | None = None
+        self.num_components: int | None = None  # fixed by the first update
+        self._prompts: dict[str, _Entry] = {}
+        self._global: _Entry | None = None
 
     def __len__(self) -> int:
         return len(self._prompts)
@@ -84,33 +98,52 @@ class RewardPrior:
         self,
         prompt_ids: Iterable[Any] | torch.Tensor,
         group_rewards: torch.Tensor,
-        rule: str = "ema",
+        rule: str = "pooled",
         momentum: float = 0.9,
     ) -> None:
-        """Fold one batch of groups (group_rewards [P, G], one prompt id per row) into the prior."""
+        """Fold one batch of groups into the prior: group_rewards [N, P, G] (or [P, G] for N = 1),
+        one prompt id per group."""
         if rule not in _RULES:
             raise ValueError(f"unknown prior update rule {rule!r}; accepted rules are {_RULES}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         keys = _keys(prompt_ids)
         rewards = group_rewards.detach().to("cpu", torch.float64)
-        if rewards.dim() != 2 or rewards.shape[0] != len(keys):
+        rewards = rewards[None] if rewards.dim() == 2 else rewards
+        if rewards.dim() != 3 or rewards.shape[1] != len(keys):
             raise ValueError(
-                f"group_rewards must be [P, G] with P = len(prompt_ids) = {len(keys)}, got {tuple(rewards.shape)}"
+                f"group_rewards must be [N, P, G] or [P, G] with P = len(prompt_ids) = {len(keys)}, "
+                f"got {tuple(group_rewards.shape)}"
             )
-        fallback = self._global_or_default()
-        for key, row in zip(keys, rewards):
-            self._prompts[key] = self._updated(self._prompts.get(key), row, rule, momentum, fallback)
-        hyper = {"mu": self.default_mu, "var": self.default_sigma**2, "mean_var": 0.0, "count": 0}
-        self._global = self._updated(self._global, rewards.reshape(-1), rule, momentum, hyper)
+        n = rewards.shape[0]
+        if self.num_components not in (None, n):
+            raise ValueError(f"this prior holds {self.num_components} reward components, got rewards for {n}")
+        self.num_components = n
+        fallback = self._fallback(n)
+        for p, key in enumerate(keys):
+            self._prompts[key] = self._updated(self._prompts.get(key), rewards[:, p], rule, momentum, fallback)
+        self._global = self._updated(self._global, rewards.flatten(1), rule, momentum, self._default(n))
 
-    def get(self, prompt_ids: Iterable[Any] | torch.Tensor, dtype: torch.dtype = torch.float32) -> PriorStats:
-        """(mu [P], sigma [P]); unseen prompts get the global entry, or the defaults if empty."""
-        fallback = self._global_or_default()
+    def get(
+        self,
+        prompt_ids: Iterable[Any] | torch.Tensor,
+        weights: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> PriorStats:
+        """(mu [P], sigma [P]) of the reward mix weights·r (weights [N]; None means N = 1);
+        unseen prompts get the global entry, or the defaults if the prior is empty."""
+        if weights is None:
+            if (self.num_components or 1) != 1:
+                raise ValueError(f"this prior holds {self.num_components} reward components: pass weights")
+            weights = torch.ones(1)
+        w = torch.as_tensor(weights, dtype=torch.float64).cpu().reshape(-1)
+        if self.num_components not in (None, len(w)):
+            raise ValueError(f"weights of shape ({len(w)},) for a prior of {self.num_components} reward components")
+        fallback = self._fallback(len(w))
         entries = [self._prompts.get(key, fallback) for key in _keys(prompt_ids)]
-        mu = torch.tensor([e["mu"] for e in entries], dtype=torch.float64)
-        var = torch.tensor([e["var"] + e["mean_var"] for e in entries], dtype=torch.float64)
-        sigma = var.sqrt().clamp_min(self.sigma_min)
+        mu = torch.tensor([float(e.mu @ w) for e in entries], dtype=torch.float64)
+        var = torch.tensor([float(w @ (e.cov + e.mean_cov) @ w) for e in entries], dtype=torch.float64)
+        sigma = var.clamp_min(0.0).sqrt().clamp_min(self.sigma_min)
         return PriorStats(mu=mu.to(dtype), sigma=sigma.to(dtype))
 
     def state_dict(self) -> dict[str, Any]:
@@ -119,48 +152,63 @@ class RewardPrior:
             "default_mu": self.default_mu,
             "default_sigma": self.default_sigma,
             "sigma_min": self.sigma_min,
-            "prompts": {key: dict(entry) for key, entry in self._prompts.items()},
-            "global": None if self._global is None else dict(self._global),
+            "num_components": self.num_components,
+            "prompts": {key: _entry_state(entry) for key, entry in self._prompts.items()},
+            "global": None if self._global is None else _entry_state(self._global),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.default_mu = float(state["default_mu"])
         self.default_sigma = float(state["default_sigma"])
         self.sigma_min = float(state["sigma_min"])
-        self._prompts = {str(k): _entry(v) for k, v in state["prompts"].items()}
-        self._global = None if state["global"] is None else _entry(state["global"])
+        self.num_components = state["num_components"]
+        self._prompts = {str(k): _entry_from_state(v) for k, v in state["prompts"].items()}
+        self._global = None if state["global"] is None else _entry_from_state(state["global"])
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _global_or_default(self) -> dict[str, float]:
-        if self._global is not None:
-            return self._global
-        return {"mu": self.default_mu, "var": self.default_sigma**2, "mean_var": 0.0, "count": 0}
+    def _default(self, n: int) -> _Entry:
+        zeros = torch.zeros(n, n, dtype=torch.float64)
+        return _Entry(0, torch.full((n,), self.default_mu, dtype=torch.float64),
+                      self.default_sigma**2 * torch.eye(n, dtype=torch.float64), zeros)
 
-    def _updated(self, entry, rewards: torch.Tensor, rule: str, momentum: float, fallback) -> dict:
-        g = rewards.numel()
-        rbar = float(rewards.mean())
-        s2 = float(rewards.var(correction=0)) if g > 1 else 0.0
+    def _fallback(self, n: int) -> _Entry:
+        return self._global if self._global is not None else self._default(n)
+
+    def _updated(self, entry: _Entry | None, rewards: torch.Tensor, rule: str, momentum: float, fallback: _Entry) -> _Entry:
+        """`rewards` [N, G]: one group (or the whole batch, for the global entry)."""
+        g = rewards.shape[1]
+        rbar = rewards.mean(dim=1)
+        centred = rewards - rbar[:, None]
+        scatter = centred @ centred.T / g  # population covariance S
+        zeros = torch.zeros_like(scatter)
         if rule == "bayes":
-            var_floor = self.sigma_min**2
+            floor = self.sigma_min**2
             if entry is None:  # prior on mu: the fallback's predictive distribution
-                entry = {"mu": fallback["mu"], "var": 0.0,
-                         "mean_var": max(fallback["var"] + fallback["mean_var"], var_floor), "count": 0}
-            n = entry["count"]
-            var = max((n * entry["var"] + g * s2) / (n + g), var_floor)  # pooled "known" variance
-            precision = 1.0 / entry["mean_var"] + g / var
-            mu = (entry["mu"] / entry["mean_var"] + g * rbar / var) / precision
-            return {"mu": mu, "var": var, "mean_var": 1.0 / precision, "count": n + g}
-        if entry is None:  # "ema" and "frozen" start from the first group they see
-            return {"mu": rbar, "var": s2, "mean_var": 0.0, "count": g}
-        if rule == "frozen":
-            return entry
-        return {
-            "mu": momentum * entry["mu"] + (1.0 - momentum) * rbar,
-            "var": momentum * entry["var"] + (1.0 - momentum) * s2,
-            "mean_var": 0.0,
-            "count": entry["count"] + g,
-        }
+                entry = _Entry(0, fallback.mu, zeros, _floor_eigenvalues(fallback.cov + fallback.mean_cov, floor))
+            n = entry.count
+            cov = _floor_eigenvalues((n * entry.cov + g * scatter) / (n + g), floor)
+            prior_precision = torch.linalg.inv(entry.mean_cov)
+            data_precision = g * torch.linalg.inv(cov)
+            mean_cov = torch.linalg.inv(prior_precision + data_precision)
+            mu = mean_cov @ (prior_precision @ entry.mu + data_precision @ rbar)
+            return _Entry(n + g, mu, cov, 0.5 * (mean_cov + mean_cov.T))
+        if entry is None:
+            return _Entry(g, rbar, scatter, zeros)
+        if rule == "ema":
+            return _Entry(entry.count + g, momentum * entry.mu + (1.0 - momentum) * rbar,
+                          momentum * entry.cov + (1.0 - momentum) * scatter, zeros)
+        n = entry.count  # "pooled": exact moments of all n + g samples
+        total = n + g
+        shift = (entry.mu - rbar)[:, None]
+        cov = (n * entry.cov + g * scatter) / total + (n * g / total**2) * (shift @ shift.T)
+        return _Entry(total, (n * entry.mu + g * rbar) / total, cov, zeros)
+
+
+def _floor_eigenvalues(matrix: torch.Tensor, floor: float) -> torch.Tensor:
+    """The symmetric matrix with its eigenvalues raised to at least `floor` (invertible)."""
+    values, vectors = torch.linalg.eigh(0.5 * (matrix + matrix.T))
+    return (vectors * values.clamp_min(floor)) @ vectors.T
 
 
 def _keys(prompt_ids) -> list[str]:
@@ -169,9 +217,13 @@ def _keys(prompt_ids) -> list[str]:
     return [str(p) for p in prompt_ids]
 
 
-def _entry(raw: dict[str, Any]) -> dict[str, float]:
-    return {"mu": float(raw["mu"]), "var": float(raw["var"]), "mean_var": float(raw["mean_var"]),
-            "count": int(raw["count"])}
+def _entry_state(entry: _Entry) -> dict[str, Any]:
+    return {"count": entry.count, "mu": entry.mu.tolist(), "cov": entry.cov.tolist(), "mean_cov": entry.mean_cov.tolist()}
+
+
+def _entry_from_state(raw: dict[str, Any]) -> _Entry:
+    mu, cov, mean_cov = (torch.tensor(raw[key], dtype=torch.float64) for key in ("mu", "cov", "mean_cov"))
+    return _Entry(int(raw["count"]), mu, cov, mean_cov)
 
 
 # --------------------------------------------------------------------------------------------

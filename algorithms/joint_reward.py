@@ -6,11 +6,11 @@ report instead solves, at the advantage level rather than the gradient level,
 
     min_c || sum_i c_i A_i ||^2   s.t.  sum_i c_i = 1,  c_i >= 0          (report eq. 4)
 
-and trains on L = sum_i c_i L_i (eq. 5). The GRPO surrogate is linear in the advantage, so
-sum_i c_i L_i(A_i) = L(sum_i c_i A_i): the combined advantage is the min-norm point of the convex
-hull of {A_1, ..., A_N} and one surrogate evaluation suffices.
+and trains on L = sum_i c_i L_i (eq. 5): one clipped surrogate per reward, each with its own
+advantages (`algorithms.grpo.clipped_surrogate` with advantages [N, B] and these c). Clipping
+makes the surrogate non-linear in the advantage, so that is not the surrogate of sum_i c_i A_i.
 
-Geometrically this is the minimum-norm point of a polytope; only the Gram matrix
+Geometrically eq. 4 is the minimum-norm point of a polytope; only the Gram matrix
 G = A A^T (N x N) matters, so the cost is independent of B after one matmul.
 """
 
@@ -23,18 +23,13 @@ import numpy as np
 import torch
 
 _ENUMERATE_MAX_N = 6  # 2^6 - 1 = 63 supports: exact enumeration is cheaper than anything clever
-_ACCEPTED_MODES = ("min_norm", "advantage_sum")
+_MODES = ("advantage_sum", "min_norm")
 
 
 class MinNormResult(NamedTuple):
     weights: torch.Tensor  # [N] on the simplex
     objective: float  # ||sum_i c_i A_i||^2
     duality_gap: float  # Frank-Wolfe gap 2 (c^T G c - min_j (G c)_j) >= objective - optimum
-
-
-class CombinedAdvantage(NamedTuple):
-    advantages: torch.Tensor  # [...] the single advantage the surrogate is evaluated with
-    weights: torch.Tensor  # [N] per-reward weights c_i
 
 
 def duality_gap(gram: np.ndarray, weights: np.ndarray) -> float:
@@ -200,34 +195,48 @@ def min_norm_weights(advantages: torch.Tensor) -> torch.Tensor:
     return min_norm_solution(advantages).weights
 
 
-def combine_advantages(
+def component_weights(
     advantages: torch.Tensor,
     mode: str,
     reward_weights: torch.Tensor | Sequence[float] | None = None,
-) -> CombinedAdvantage:
-    """Fold N per-reward advantages [N, ...] into one advantage [...] (report eq. 5).
+) -> torch.Tensor:
+    """The c_i of eq. (5) [N] for N per-reward advantages [N, ...] under reward weights w [N]
+    (static, or the Self-Paced curriculum's, report §3.4; default ones).
 
-    mode="min_norm":      c = min_norm_weights(A), combined = sum_i c_i A_i (report eqs. 4-5).
-    mode="advantage_sum": c = reward_weights (default ones), combined = sum_i c_i A_i: the plain
-                          "advantage summation" the report (§3.5) compares against.
-    A "weighted_sum" of REWARDS is not a mode here: it must happen before group normalisation
-    (weighted_reward_sum, then group_advantages), since normalising each reward first and then
-    weighting gives a different signal.
+    mode="advantage_sum": c = w, the plain (weighted) advantage summation the report (§3.5)
+      compares against.
+    mode="min_norm": c_i ∝ w_i·m_i on the simplex, m solving eq. (4) over the rewards the weights
+      keep (w_i > 0) that carry a signal (A_i ≠ 0). A reward at weight 0 thus gets c_i = 0 and
+      does not shape the others' balance; equal weights give c = m exactly. An all-zero A_i
+      (every group saturated) has no direction to balance: left in, it alone is eq. 4's optimum
+      (‖0‖ = 0) and would take all the weight, silencing every other reward.
+    Eq. (4) is scale-sensitive (orthogonal rewards get c_i ∝ 1/‖A_i‖²), so pass the rewards' own
+    eq. (1) advantages: solved on BPGO's rescaled ones it would undo CRT's compression (a reward
+    compressed to half its norm would get four times the weight).
+    A "weighted_sum" of REWARDS is not a mode here: it happens before group normalisation
+    (weighted_reward_sum, then group_advantages) and leaves one objective, c = [1].
     """
-    if mode == "min_norm":
-        weights = min_norm_weights(advantages).to(advantages.dtype)
-    elif mode == "advantage_sum":
-        weights = _as_weights(reward_weights, advantages)
-    elif mode == "weighted_sum":
+    weights = _as_weights(reward_weights, advantages)
+    if mode == "advantage_sum":
+        return weights
+    if mode == "weighted_sum":
         raise ValueError(
             "mode='weighted_sum' combines REWARDS before group normalisation: call "
             "weighted_reward_sum(rewards, weights) and then group_advantages on the result; "
-            f"combine_advantages accepts modes {_ACCEPTED_MODES}"
+            f"component_weights accepts modes {_MODES}"
         )
-    else:
-        raise ValueError(f"unknown joint-reward mode {mode!r}; accepted modes are {_ACCEPTED_MODES}")
-    combined = torch.tensordot(weights, advantages, dims=1)  # report eq. (5): sum_i c_i A_i
-    return CombinedAdvantage(advantages=combined, weights=weights)
+    if mode != "min_norm":
+        raise ValueError(f"unknown joint-reward mode {mode!r}; accepted modes are {_MODES}")
+    if bool((weights < 0).any()) or not weights.sum() > 0:
+        raise ValueError(f"min_norm needs reward weights >= 0 with a positive sum, got {weights.tolist()}")
+    rows = advantages.reshape(advantages.shape[0], -1)
+    active = (weights > 0) & (rows != 0).any(dim=1)
+    if not bool(active.any()):  # no reward carries a signal: the weights alone (the loss is 0 anyway)
+        return weights / weights.sum()
+    balanced = torch.zeros_like(weights)
+    balanced[active] = min_norm_weights(rows[active]).to(weights.dtype)  # report eq. (4)
+    weighted = weights * balanced
+    return weighted / weighted.sum()
 
 
 def weighted_reward_sum(

@@ -1,4 +1,4 @@
-"""BPGO (report §3.3): prior state, RAS weights, CRT advantages, and the GRPO special case."""
+"""BPGO (report §3.3): the reward prior, RAS weights, CRT advantages, and the GRPO special case."""
 
 import json
 
@@ -13,8 +13,6 @@ from algorithms.bpgo import (
     contrastive_advantages,
     reliability_weights,
 )
-
-
 
 
 def _plain_grpo(rewards, eps=1e-6):  # report eq. (1), written out independently
@@ -132,45 +130,88 @@ def test_shift_invariance(use_ras, use_crt):
     assert_close(a.group_weights, b.group_weights, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("rule", ["ema", "bayes", "frozen"])
-def test_prior_round_trip_and_rules(rule):
-    rewards, _, _ = _batch(1, p=4)
+def _stats(prior, ids, weights=None):
+    mu, sigma = prior.get(ids, weights, dtype=torch.float64)
+    return mu.tolist(), sigma.tolist()
+
+
+def test_pooled_prior_counts_every_reference_group_once_in_any_order():
+    """Prompt x seen in two reference groups, [1, 2, 3] and [5, 7]: the anchor is all five samples,
+    mean 3.6 and population variance (6.76 + 2.56 + 0.36 + 1.96 + 11.56) / 5 = 4.64. The global
+    entry pools both calls' prompts: x's five samples and y's [0, 0]."""
+    forward, backward = RewardPrior(), RewardPrior()
+    first, second = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[5.0, 7.0], [0.0, 0.0]])
+    forward.update(["x"], first)
+    forward.update(["x", "y"], second)
+    backward.update(["x", "y"], second)
+    backward.update(["x"], first)
+    for prior in (forward, backward):
+        mu, sigma = _stats(prior, ["x", "y", "unseen"])
+        everything = torch.tensor([1.0, 2.0, 3.0, 5.0, 7.0, 0.0, 0.0], dtype=torch.float64)
+        assert mu == pytest.approx([3.6, 0.0, everything.mean().item()])
+        assert sigma == pytest.approx([4.64**0.5, 1e-3, everything.std(correction=0).item()])  # y: sigma_min
+
+
+def test_prior_of_a_weighted_mix_is_exact_for_any_weights():
+    """Two correlated components: the mix w·r reads the mean and std of the mixed reference rewards,
+    whatever w was in force when they were recorded; w = e_i reads component i."""
+    color = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 0.0, 1.0]])
+    motion = torch.tensor([[2.0, 1.0, 4.0, 3.0], [5.0, 5.0, 6.0, 6.0]])
+    prior = RewardPrior()
+    prior.update(["a", "b"], torch.stack([color, motion]))
+    for w in ([0.3, 0.7], [1.0, 0.0], [0.1, 0.9], [2.0, -1.0]):
+        mix = w[0] * color.double() + w[1] * motion.double()
+        mu, sigma = _stats(prior, ["a", "b"], torch.tensor(w))
+        assert mu == pytest.approx(mix.mean(1).tolist())
+        assert sigma == pytest.approx(mix.std(1, correction=0).tolist())
+    with pytest.raises(ValueError, match="2 reward components"):
+        prior.get(["a"])
+    with pytest.raises(ValueError, match="2 reward components"):
+        prior.update(["a"], color[:1])
+
+
+def test_ema_rule_follows_the_policy():
+    group = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    prior = RewardPrior(default_mu=0.0, default_sigma=1.0)
+    assert _stats(prior, ["x"]) == ([0.0], [1.0])  # empty prior: defaults
+    prior.update(["x"], group, rule="ema")
+    assert _stats(prior, ["x"]) == (pytest.approx([2.0]), pytest.approx([(2 / 3) ** 0.5]))
+    prior.update(["x"], group + 10.0, rule="ema", momentum=0.9)
+    assert _stats(prior, ["x"])[0] == pytest.approx([3.0])  # 0.9·2 + 0.1·12
+
+
+def test_bayes_rule_is_the_conjugate_update():
+    group = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    bayes = RewardPrior(default_mu=0.0, default_sigma=1.0)
+    bayes.update(["x"], group, rule="bayes")
+    var = 2.0 / 3.0  # from the fallback prior N(0, 1) with known variance 2/3
+    post_var = 1.0 / (1.0 + 3.0 / var)
+    post_mu = post_var * (3.0 * 2.0 / var)
+    assert _stats(bayes, ["x"]) == (pytest.approx([post_mu]), pytest.approx([(var + post_var) ** 0.5]))
+    # two uncorrelated components (sample covariance 0) update as two scalar posteriors
+    first = torch.tensor([[[1.0, -1.0, 1.0, -1.0]], [[3.0, 3.0, 1.0, 1.0]]])  # means 0 and 2, variances 1 and 1
+    pair = RewardPrior(default_mu=0.5, default_sigma=2.0)
+    pair.update(["x"], first, rule="bayes")
+    post_var = 1.0 / (1.0 / 4.0 + 4.0 / 1.0)
+    for i, mean in enumerate((0.0, 2.0)):
+        w = torch.eye(2, dtype=torch.float64)[i]
+        assert _stats(pair, ["x"], w) == (pytest.approx([post_var * (0.5 / 4.0 + 4.0 * mean)]),
+                                          pytest.approx([(1.0 + post_var) ** 0.5]))
+    with pytest.raises(ValueError, match="'median'"):
+        bayes.update(["x"], group, rule="median")
+
+
+@pytest.mark.parametrize("rule", ["pooled", "ema", "bayes"])
+def test_prior_state_round_trips_through_json(rule):
+    rewards = torch.stack([_batch(1, p=4)[0], _batch(2, p=4)[0]])
     prior = RewardPrior(default_mu=0.5, default_sigma=2.0)
     prior.update(["a", "b", 7, "a"], rewards, rule=rule, momentum=0.8)
     restored = RewardPrior()
     restored.load_state_dict(json.loads(json.dumps(prior.state_dict())))
-    ids = ["a", "b", 7, "unseen"]
-    for x, y in zip(prior.get(ids, dtype=torch.float64), restored.get(ids, dtype=torch.float64)):
-        assert torch.equal(x, y)
-    more, _, _ = _batch(2, p=2)
+    ids, w = ["a", "b", 7, "unseen"], torch.tensor([0.4, 0.6])
+    assert _stats(prior, ids, w) == _stats(restored, ids, w)
+    more = torch.stack([_batch(3, p=2)[0], _batch(4, p=2)[0]])
     prior.update(["b", 7], more, rule=rule)
     restored.update(["b", 7], more, rule=rule)
     assert prior.state_dict() == restored.state_dict()
     assert 7 in prior and "7" in prior and len(prior) == 3
-
-
-def test_prior_rules_semantics():
-    group = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
-    prior = RewardPrior(default_mu=0.0, default_sigma=1.0)
-    mu, sigma = prior.get(["x"], dtype=torch.float64)  # empty prior: defaults
-    assert mu.item() == 0.0 and sigma.item() == 1.0
-    prior.update(["x"], group, rule="ema")
-    mu, sigma = prior.get(["x"], dtype=torch.float64)
-    assert mu.item() == pytest.approx(2.0) and sigma.item() == pytest.approx((2 / 3) ** 0.5)
-    prior.update(["x"], group + 10.0, rule="ema", momentum=0.9)
-    assert prior.get(["x"], dtype=torch.float64).mu.item() == pytest.approx(3.0)
-    prior.update(["x"], group + 100.0, rule="frozen")
-    assert prior.get(["x"], dtype=torch.float64).mu.item() == pytest.approx(3.0)
-    # unseen prompts fall back to the global entry
-    assert prior.get(["never"], dtype=torch.float64).mu.item() == pytest.approx(prior.state_dict()["global"]["mu"])
-
-    # bayes: conjugate update from the fallback prior N(0, 1) with known variance 2/3
-    bayes = RewardPrior(default_mu=0.0, default_sigma=1.0)
-    bayes.update(["x"], group, rule="bayes")
-    var = 2.0 / 3.0
-    post_var = 1.0 / (1.0 + 3.0 / var)
-    post_mu = post_var * (3.0 * 2.0 / var)
-    mu, sigma = bayes.get(["x"], dtype=torch.float64)
-    assert mu.item() == pytest.approx(post_mu) and sigma.item() == pytest.approx((var + post_var) ** 0.5)
-    with pytest.raises(ValueError, match="'median'"):
-        bayes.update(["x"], group, rule="median")

@@ -1,4 +1,5 @@
-"""Joint Reward (report §3.5, eq. 4): min-norm weights against independent exact solutions."""
+"""Joint Reward (report §3.5, eqs. 4-5): min-norm weights against independent exact solutions, and
+eq. (5)'s weights under reward (curriculum) weights."""
 
 import itertools
 
@@ -8,7 +9,7 @@ import torch
 from scipy.optimize import minimize
 
 from algorithms.joint_reward import (
-    combine_advantages,
+    component_weights,
     min_norm_solution,
     min_norm_weights,
     weighted_reward_sum,
@@ -114,9 +115,7 @@ def test_dominated_and_conflicting_advantages():
     # same direction, larger norm: the smaller one alone is the min-norm point
     assert torch.allclose(min_norm_weights(torch.stack([a, 3 * a])), torch.tensor([1.0, 0.0], dtype=torch.float64))
     # exactly conflicting rewards cancel with equal weight
-    out = combine_advantages(torch.stack([a, -a]), "min_norm")
-    assert torch.allclose(out.weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
-    assert out.advantages.abs().max().item() <= 1e-12
+    assert torch.allclose(min_norm_weights(torch.stack([a, -a])), torch.tensor([0.5, 0.5], dtype=torch.float64))
     # orthogonal rewards: c_i proportional to 1/||A_i||^2
     e1 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     e2 = torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64)
@@ -139,21 +138,40 @@ def test_degenerate_inputs_are_deterministic():
         min_norm_weights(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]))
 
 
-def test_combine_modes_and_errors():
-    adv = torch.randn(3, 2, 4, dtype=torch.float64)  # [N, groups, G] is flattened for min-norm
-    out = combine_advantages(adv, "min_norm")
-    assert out.advantages.shape == (2, 4)
-    assert torch.allclose(out.advantages, (out.weights[:, None, None] * adv).sum(0))
-    summed = combine_advantages(adv, "advantage_sum")
-    assert torch.allclose(summed.advantages, adv.sum(0))
-    assert torch.equal(summed.weights, torch.ones(3, dtype=torch.float64))
-    weighted = combine_advantages(adv, "advantage_sum", reward_weights=[1.0, 0.5, 2.0])
-    assert torch.allclose(weighted.advantages, adv[0] + 0.5 * adv[1] + 2 * adv[2])
+def _c(advantages, mode, weights=None):
+    return component_weights(torch.tensor(advantages, dtype=torch.float64), mode, weights).tolist()
+
+
+def test_min_norm_solves_over_the_kept_rewards_then_applies_their_weights():
+    a, b = [1.0, -1.0, 2.0, -2.0], [-1.0, 1.0, -2.0, 2.0]  # exactly conflicting: eq. 4 gives (½, ½)
+    assert _c([a, b], "min_norm") == pytest.approx([0.5, 0.5])
+    assert _c([a, b], "min_norm", [1.0, 0.0]) == pytest.approx([1.0, 0.0])  # weight 0: c = 0 (issue 11)
+    assert _c([a, b], "min_norm", [0.2, 0.8]) == pytest.approx([0.2, 0.8])  # ∝ (0.2·½, 0.8·½)
+    # three rewards, one at weight 0: eq. 4 over the other two (closed form for e1 ⟂ e2:
+    # m = (0.8, 0.2)), then weights (0.5, 0.25): c ∝ (0.4, 0.05)
+    e1, e2, e3 = [1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 0.1]
+    assert _c([e1, e2, e3], "min_norm", [0.5, 0.25, 0.0]) == pytest.approx([0.4 / 0.45, 0.05 / 0.45, 0.0])
+    assert _c([e1, e2, e3], "min_norm")[2] > 0.9  # unweighted, the short e3 would dominate
+
+
+def test_min_norm_leaves_out_rewards_without_signal():
+    a = [0.3, -0.1, 0.7, -0.9]
+    assert min_norm_weights(torch.tensor([a, [0.0] * 4], dtype=torch.float64)).tolist() == [0.0, 1.0]  # eq. 4 alone
+    assert _c([a, [0.0] * 4], "min_norm") == [1.0, 0.0]  # the saturated reward does not silence the other
+    assert _c([[0.0] * 4, [0.0] * 4], "min_norm", [3.0, 1.0]) == pytest.approx([0.75, 0.25])
+
+
+def test_advantage_sum_uses_the_reward_weights_and_errors_name_the_problem():
+    adv = [[1.0, -1.0], [0.5, -0.5], [2.0, -2.0]]
+    assert _c(adv, "advantage_sum") == [1.0, 1.0, 1.0]
+    assert _c(adv, "advantage_sum", [1.0, 0.5, 2.0]) == [1.0, 0.5, 2.0]
     with pytest.raises(ValueError, match="weighted_reward_sum"):
-        combine_advantages(adv, "weighted_sum")
+        _c(adv, "weighted_sum")
     with pytest.raises(ValueError, match="'nope'.*min_norm"):
-        combine_advantages(adv, "nope")
+        _c(adv, "nope")
     with pytest.raises(ValueError, match="shape"):
-        combine_advantages(adv, "advantage_sum", reward_weights=[1.0, 2.0])
-    rewards = torch.randn(2, 3, 4)
-    assert torch.allclose(weighted_reward_sum(rewards, [0.25, 0.75]), 0.25 * rewards[0] + 0.75 * rewards[1])
+        _c(adv, "advantage_sum", [1.0, 2.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        _c(adv, "min_norm", [1.0, -1.0, 1.0])
+    rewards = torch.tensor([[[1.0, 2.0]], [[3.0, 5.0]]])
+    assert weighted_reward_sum(rewards, [0.25, 0.75]).tolist() == [[2.5, 4.25]]
