@@ -139,7 +139,8 @@ def test_weighted_sum_prior_anchors_the_mix_in_force_now():
 
 def test_ras_trust_is_per_component_and_state_round_trips():
     estimator = AdvantageEstimator(config("min_norm", bpgo={"ras": True, "crt": True}))
-    prior_rewards = {"color": torch.full((3, 4), 0.5) + 0.01 * torch.arange(4.0), "motion": torch.full((3, 4), 0.5) + 0.01 * torch.arange(4.0)}
+    clean = torch.full((3, 4), 0.5) + 0.01 * torch.arange(4.0)
+    prior_rewards = {"color": clean, "motion": clean.clone()}
     estimator.observe_prior(PROMPTS, prior_rewards)
     step_rewards = {k: v.clone() for k, v in prior_rewards.items()}
     step_rewards["color"][1] = torch.tensor([0.0, 1.0, 0.0, 1.0])  # prompt 1: noisy for color only
