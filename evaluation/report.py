@@ -180,7 +180,8 @@ def _gantt_section(page: _Page, stage: str, timeline: list[dict]) -> str:
                     color=colors[interval["phase"]], edgecolor="white")
         ax.set_yticks(range(len(bundles)), bundles)
         ax.set(title=f"step {step['step']}", xlabel="seconds from step start")
-    axes[-1].legend(handles=[Patch(color=colors[p], label=p) for p in phases], fontsize=7, loc="lower right")
+    axes[-1].legend(handles=[Patch(color=colors[p], label=p) for p in phases], fontsize=8,
+                    loc="center left", bbox_to_anchor=(1.02, 0.5))
     return page.figure(fig, f"timeline_{stage}.png", f"{STAGE_NAMES[stage]} pool timeline")
 
 
@@ -249,8 +250,8 @@ def _gsb_section(page: _Page, results: EvalResults) -> str:
                 if share >= 0.06:
                     ax.text(start + share / 2, y, f"{share:.0%}", ha="center", va="center", fontsize=8)
             left = [a + b for a, b in zip(left, shares)]
-        ax.set(xlim=(0, 1), title=f"GSB: {title} (report Figure 8)")
-        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8)
+        ax.set(xlim=(0, 1), xlabel="share of judgements", title=f"GSB: {title} (report Figure 8)")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
         rows = "".join(
             f"<tr><th>{a}</th><td class='num'>{s.counts.good}</td><td class='num'>{s.counts.same}</td>"
             f"<td class='num'>{s.counts.bad}</td>"
