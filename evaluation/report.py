@@ -89,7 +89,7 @@ class _Page:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            if not isinstance(record, dict) or not isinstance(record.get("step"), (int, float)):
+            if not isinstance(record, dict) or not _is_number(record.get("step")):
                 self.warnings.append(f"{path.relative_to(run_dir)} line {number}: not a JSON object with a step; skipped")
                 continue
             records.append(record)
@@ -100,15 +100,18 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
-    points = [(r["step"], r[key]) for r in records
-              if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+    points = [(r["step"], r[key]) for r in records if _is_number(r.get(key))]
     return [p[0] for p in points], [p[1] for p in points]
 
 
 def _matching_keys(records: list[dict], patterns: tuple[str, ...]) -> list[str]:
     """Numeric keys selected by `patterns` (exact names, or prefixes ending in "/"), in first-seen order."""
-    seen = dict.fromkeys(k for r in records for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    seen = dict.fromkeys(k for r in records for k, v in r.items() if _is_number(v))
     return [k for p in patterns for k in seen if (k.startswith(p) if p.endswith("/") else k == p)]
 
 

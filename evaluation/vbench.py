@@ -17,6 +17,10 @@ toy world (no download, milliseconds on a CPU):
 (transformers format) for the two consistency dimensions. The toy world's verifiable judges add
 color / shape / count / direction (`toyworld.judges`). `summarize` turns per-seed values into a mean
 with a 95 % t-interval: seeds, not videos, are the independent units of a training run.
+
+Not shipped: RAFT and AMT loaders. torchvision (RAFT) is not installable in this environment and AMT
+is not a transformers model; pass either as `flow=` / `interpolate=` (signatures below). Without
+them, dynamic degree and motion smoothness on real footage are approximations — report them as such.
 """
 
 from __future__ import annotations
@@ -151,14 +155,18 @@ def feature_consistency(features: torch.Tensor) -> float:
     return float(((previous + first) / 2).mean())
 
 
-def subject_consistency(videos, encoder: FrameEncoder = fourier_features) -> torch.Tensor:
-    """[B] VBench subject consistency: feature agreement with the previous and the first frame."""
+def _consistency(videos, encoder: FrameEncoder) -> torch.Tensor:
     return torch.tensor([feature_consistency(encoder(video)) for video in as_float_video(torch.as_tensor(videos))])
+
+
+def subject_consistency(videos, encoder: FrameEncoder = fourier_features) -> torch.Tensor:
+    """[B] VBench subject consistency: object-level feature agreement with the previous and the first frame."""
+    return _consistency(videos, encoder)
 
 
 def background_consistency(videos, encoder: FrameEncoder = color_histogram_features) -> torch.Tensor:
     """[B] VBench background consistency: the same rule on scene-level features (CLIP in VBench)."""
-    return subject_consistency(videos, encoder)
+    return _consistency(videos, encoder)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,10 +251,12 @@ def dynamic_degree(videos, flow: FlowEstimator = farneback_video_flow, fps: floa
     at least count_num = round(4·T/16) pairs exceed 6 px · min(H, W)/256 · max(1, 8/fps). VBench first
     resamples the video to ~8 fps — pass frames at `fps` ≈ 8 — and uses RAFT (Farneback here, which
     under-reads fast motion on real footage; pass a RAFT `flow` there). Deviation: count_num is at
-    least 1 (VBench's 0 for T < 3 calls every video dynamic).
+    least 1 (VBench's 0 for T < 3 calls every video dynamic); a single frame is static.
     """
     videos = as_float_video(torch.as_tensor(videos))
-    _, num_frames, height, width, _ = videos.shape
+    batch, num_frames, height, width, _ = videos.shape
+    if num_frames < 2:
+        return torch.zeros(batch)
     threshold = 6.0 * min(height, width) / 256.0 * max(1.0, 8.0 / fps)
     count_num = max(1, round(4 * num_frames / 16))
     moving = []

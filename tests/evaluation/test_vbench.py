@@ -136,6 +136,7 @@ def test_dynamic_degree_with_farneback_on_toy_clips():
     moving = render(SceneSpec("object", "square", "red", "gray", "right"), seed=0).video
     still = render(SceneSpec("object", "square", "red", "gray", "static"), seed=0).video
     assert dynamic_degree(torch.stack([moving, still])).tolist() == [1.0, 0.0]
+    assert dynamic_degree(moving[None, :1]).tolist() == [0.0]  # one frame cannot move
 
 
 PROMPT_SPECS = [
