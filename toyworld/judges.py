@@ -37,12 +37,32 @@ Scores (one line each; * = what the spec asks for):
                exp(-(n - count*)^2 / (2 * 0.35^2)), n = sum over components of
                min(2a, 1) + max(0, a - 1.5), a = component area / one object's area (specks count
                fractionally, two merged objects count 1.5).
+- relation   = presence_1 * presence_2 * clamp((along - |across|) / (0.8 * size), 0, 1) for a
+               composition: along / across = the displacement between the two objects' mean
+               centroids along / across the named relation (first object to the second).
+
+The instruction kinds (report §2.2) reuse these judges where the question is the same and change
+what they read where it is not:
+- orbit:       motion = the direction score above of the BACKGROUND's shift (the shift search on
+               pixels >= 2 px from the foreground, so the fixed object does not anchor it) times
+               the object's stillness (the "static" score of its centroid) times its centring
+               exp(-(|mean centroid - frame centre| / (0.25 * size))^2).
+- order:       motion = sqrt(score of the first leg on frames 0..switch * score of the second
+               on frames switch..T-1), each the direction score of that leg's centroid slope, so
+               a wrong order or a wrong leg scores low.
+- composition: each object is its own colour layer: a pixel's amount of colour k is its
+               projection on the segment bg* -> c_k times exp(-(distance off that segment /
+               0.25)^2), kept for the nearer colour only. presence_k = min(1, that amount summed
+               per frame / (50 % of the object's area)); color = min(1, bg_share / 0.4) *
+               sqrt(presence_1 * presence_2); shape = mean over the two objects of the shape
+               score of their layer; motion reads the centroid ("static").
 
 `judge_all` parses prompts and adds "overall" = weighted mean of the judges that apply (weights in
-OVERALL_WEIGHTS; smoothness weighs half as it ignores the prompt). What applies: object scenes all
-five; pans colour, shape, motion, smoothness; fluids colour, motion, smoothness. In `judge_all` a
-judge that does not apply reports the clip's overall score (so it neither rewards nor penalises);
-called directly, `judge_shape` / `judge_count` return NaN for such clips.
+OVERALL_WEIGHTS; smoothness weighs half as it ignores the prompt). What applies (APPLICABLE_JUDGES):
+object, orbit and order scenes all but relation; pans colour, shape, motion, smoothness; fluids
+colour, motion, smoothness; compositions all but count. In `judge_all` a judge that does not apply
+reports the clip's overall score (so it neither rewards nor penalises); called directly,
+`judge_shape` / `judge_count` / `judge_relation` return NaN for such clips.
 """
 
 from __future__ import annotations
@@ -60,22 +80,28 @@ from toyworld.prompts import parse
 from toyworld.world import (
     BACKGROUNDS,
     COLORS,
+    DIRECTION_VECTORS,
+    RELATION_VECTORS,
     SceneSpec,
     content_direction,
     expected_speed,
     object_size,
+    order_switch_frame,
     pan_shape_size,
     shape_area,
     shape_coverage,
 )
 
-JUDGES = ("color", "shape", "motion", "smoothness", "count")
+JUDGES = ("color", "shape", "motion", "smoothness", "count", "relation")
 APPLICABLE_JUDGES: dict[str, tuple[str, ...]] = {
-    "object": JUDGES,
+    "object": ("color", "shape", "motion", "smoothness", "count"),
     "pan": ("color", "shape", "motion", "smoothness"),
     "fluid": ("color", "motion", "smoothness"),
+    "orbit": ("color", "shape", "motion", "smoothness", "count"),
+    "order": ("color", "shape", "motion", "smoothness", "count"),
+    "composition": ("color", "shape", "motion", "smoothness", "relation"),
 }
-OVERALL_WEIGHTS = {"color": 1.0, "shape": 1.0, "motion": 1.0, "count": 1.0, "smoothness": 0.5}
+OVERALL_WEIGHTS = {"color": 1.0, "shape": 1.0, "motion": 1.0, "count": 1.0, "smoothness": 0.5, "relation": 1.0}
 
 _THRESHOLD_FLOOR = 0.15  # RGB distance below which nothing counts as foreground
 _BACKGROUND_RADIUS = 0.1  # RGB distance at which a pixel counts ~0.6 as background
@@ -87,6 +113,8 @@ _COUNT_SIGMA = 0.35
 _SMOOTH_SCALE = 0.025
 _GLOBAL_SEARCH_PX = 3  # px/frame at 32x32 (scaled) for whole-image shifts (pans, fluids)
 _SEARCH_PX = 2  # px/frame at 32x32 (scaled); the world moves content <= 2 px/frame
+_LAYER_PRESENCE = 0.5  # share of an object's area its colour layer must fill for presence 1
+_RELATION_RAMP = 0.8  # object sizes of clear separation for a relation to score 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,12 +139,19 @@ def _videos(videos) -> torch.Tensor:
     return videos.detach().to("cpu", torch.float32).clamp(0.0, 1.0)
 
 
-def _one_object_area(spec: SceneSpec, height: int, width: int) -> float:
+def _object_size(spec: SceneSpec, height: int, width: int) -> int:
+    """Bounding-box side the renderer gives this spec's objects."""
     if spec.kind == "object":
-        return shape_area(spec.shape, object_size(height, width, spec.count))
+        return object_size(height, width, spec.count)
     if spec.kind == "pan":
-        return shape_area(spec.shape, pan_shape_size(height, width))
-    return float(object_size(height, width) ** 2)
+        return pan_shape_size(height, width)
+    return object_size(height, width, 2 if spec.kind == "composition" else 1)
+
+
+def _one_object_area(spec: SceneSpec, height: int, width: int) -> float:
+    if spec.kind == "fluid":
+        return float(object_size(height, width) ** 2)
+    return shape_area(spec.shape, _object_size(spec, height, width))
 
 
 @dataclass
@@ -133,6 +168,9 @@ class _Foreground:
 
     def select(self, index: torch.Tensor) -> "_Foreground":
         return _Foreground(self.distance[index], self.peak[index], self.weight[index], self.mask[index])
+
+    def frames(self, start: int, stop: int) -> "_Foreground":
+        return _Foreground(self.distance[:, start:stop], self.peak, self.weight[:, start:stop], self.mask[:, start:stop])
 
 
 def _foreground(videos: torch.Tensor, specs: list[SceneSpec]) -> _Foreground:
@@ -211,11 +249,44 @@ def _ideal_features(shape: str, size: int) -> tuple[float, float]:
     return float(comps.cross.mean()), float(comps.skew.mean())
 
 
+@dataclass
+class _Layers:
+    """The two named objects of each composition clip, separated by colour (module doc)."""
+
+    row: dict[int, int]  # clip index -> row n of the tensors below
+    coverage: torch.Tensor  # [N, 2, T, H, W] amount of each object's colour per pixel
+    presence: torch.Tensor  # [N, 2] in [0, 1]
+    comps: _Components  # components of every layer; "video" 2n + k is object k of row n
+
+
+def _composition_layers(videos: torch.Tensor, specs: list[SceneSpec]) -> _Layers | None:
+    rows = [i for i, s in enumerate(specs) if s.kind == "composition"]
+    if not rows:
+        return None
+    _, t, h, w, _ = videos.shape
+    chosen = [specs[i] for i in rows]
+    background = torch.tensor([BACKGROUNDS[s.background] for s in chosen], dtype=torch.float32)
+    colors = torch.tensor([[COLORS[s.color], COLORS[s.other_color]] for s in chosen], dtype=torch.float32)
+    offset = videos[rows] - background[:, None, None, None, :]  # [N, T, H, W, 3]
+    axis = colors - background[:, None, :]  # [N, 2, 3]: background -> each object colour
+    amount = torch.einsum("nthwc,nkc->nkthw", offset, axis) / (axis**2).sum(-1)[..., None, None, None]
+    amount = amount.clamp(0.0, 1.0)
+    off_segment = (offset[:, None] - amount[..., None] * axis[:, :, None, None, None, :]).norm(dim=-1)
+    first_nearer = off_segment[:, 0] <= off_segment[:, 1]
+    nearer = torch.stack([first_nearer, ~first_nearer], dim=1)
+    coverage = torch.where(nearer, amount * torch.exp(-((off_segment / _COLOR_SCALE) ** 2)), torch.zeros(()))
+    area = torch.tensor([[shape_area(s.shape, _object_size(s, h, w)), shape_area(s.other_shape, _object_size(s, h, w))]
+                         for s in chosen])
+    presence = (coverage.sum(dim=(3, 4)).mean(dim=2) / (_LAYER_PRESENCE * area)).clamp(0.0, 1.0)
+    flat = coverage.reshape(-1, t, h, w)
+    return _Layers({i: n for n, i in enumerate(rows)}, coverage, presence, _components(flat > 0.5, flat))
+
+
 # ----------------------------------------------------------------------------------------------
 # Judges on precomputed features (judge_all shares the features between them).
 
 
-def _color_scores(videos, specs, fg: _Foreground) -> torch.Tensor:
+def _color_scores(videos, specs, fg: _Foreground, layers: _Layers | None) -> torch.Tensor:
     b, t, h, w, _ = videos.shape
     target = torch.tensor([COLORS[s.color] for s in specs], dtype=torch.float32)
     background = torch.tensor([BACKGROUNDS[s.background] for s in specs], dtype=torch.float32)
@@ -233,30 +304,60 @@ def _color_scores(videos, specs, fg: _Foreground) -> torch.Tensor:
     pixels_per_frame = fg.mask.sum(dim=(2, 3)).float().mean(dim=1)
     needed = torch.tensor([0.25 * _one_object_area(s, h, w) for s in specs])
     presence = (pixels_per_frame / needed).clamp(0.0, 1.0)
-    return torch.where(weight_sum > 0, object_term * background_term * presence, torch.zeros(b))
+    scores = torch.where(weight_sum > 0, object_term * background_term * presence, torch.zeros(b))
+    for i, n in (layers.row if layers else {}).items():  # two colours: each object's own layer
+        scores[i] = background_term[i] * layers.presence[n].prod().sqrt()
+    return scores
 
 
-def _shape_scores(specs, comps: _Components, height: int, width: int) -> torch.Tensor:
+def _shape_fit(comps: _Components, video: int, shape: str, size: int) -> float:
+    """Area-weighted fit of video `video`'s components to `shape` (module doc); 0 without any."""
+    one = shape_area(shape, size)
+    mine = (comps.video == video) & ~comps.touches_border & (comps.area >= 0.3 * one)
+    if not mine.any():
+        return 0.0
+    cross, skew = _ideal_features(shape, size)
+    fit = np.exp(
+        -0.5 * ((comps.cross[mine] - cross) / _CROSS_SIGMA) ** 2
+        - 0.5 * ((comps.skew[mine] - skew) / _SKEW_SIGMA) ** 2
+    )
+    weight = np.minimum(comps.area[mine] / one, 1.0)
+    return float((fit * weight).sum() / weight.sum())
+
+
+def _shape_scores(specs, comps: _Components, height: int, width: int, layers: _Layers | None) -> torch.Tensor:
     scores = torch.full((len(specs),), float("nan"))
     for i, spec in enumerate(specs):
         if "shape" not in APPLICABLE_JUDGES[spec.kind]:
             continue
-        if spec.kind == "object":
-            size = object_size(height, width, spec.count)
+        size = _object_size(spec, height, width)
+        if spec.kind == "composition":
+            n = layers.row[i]
+            fits = [_shape_fit(layers.comps, 2 * n + k, shape, size) for k, shape in enumerate((spec.shape, spec.other_shape))]
+            scores[i] = sum(fits) / 2
         else:
-            size = pan_shape_size(height, width)
-        one = _one_object_area(spec, height, width)
-        mine = (comps.video == i) & ~comps.touches_border & (comps.area >= 0.3 * one)
-        if not mine.any():
+            scores[i] = _shape_fit(comps, i, spec.shape, size)
+    return scores
+
+
+def _relation_scores(specs, layers: _Layers | None, height: int, width: int) -> torch.Tensor:
+    scores = torch.full((len(specs),), float("nan"))
+    for i, n in (layers.row if layers else {}).items():
+        coverage = layers.coverage[n]  # [2, T, H, W]
+        mass = coverage.sum(dim=(2, 3))
+        xs = torch.arange(width, dtype=torch.float32)
+        ys = torch.arange(height, dtype=torch.float32)
+        cx = (coverage.sum(dim=2) * xs).sum(-1) / mass.clamp_min(1e-8)
+        cy = (coverage.sum(dim=3) * ys).sum(-1) / mass.clamp_min(1e-8)
+        seen = (mass > 1e-3).all(dim=0)  # frames in which both objects show
+        if not seen.any():
             scores[i] = 0.0
             continue
-        cross, skew = _ideal_features(spec.shape, size)
-        fit = np.exp(
-            -0.5 * ((comps.cross[mine] - cross) / _CROSS_SIGMA) ** 2
-            - 0.5 * ((comps.skew[mine] - skew) / _SKEW_SIGMA) ** 2
-        )
-        weight = np.minimum(comps.area[mine] / one, 1.0)
-        scores[i] = float((fit * weight).sum() / weight.sum())
+        dx, dy = ((c[1, seen] - c[0, seen]).mean() for c in (cx, cy))
+        ux, uy = RELATION_VECTORS[specs[i].relation]
+        along, across = float(dx * ux + dy * uy), abs(float(dx * uy - dy * ux))
+        separation = min(max((along - across) / (_RELATION_RAMP * _object_size(specs[i], height, width)), 0.0), 1.0)
+        scores[i] = float(layers.presence[n].prod()) * separation
     return scores
 
 
@@ -273,15 +374,22 @@ def _count_scores(specs, comps: _Components, num_frames: int, height: int, width
     return scores
 
 
-def _centroid_velocity(fg: _Foreground) -> torch.Tensor:
-    """[B, 2] least-squares slope (px/frame) of the soft foreground centroid; frames without one skipped."""
+def _centroids(fg: _Foreground) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft foreground centroid per frame: x [B, T], y [B, T] and whether the frame has one [B, T]."""
     b, t, h, w = fg.weight.shape
     mass = fg.weight.sum(dim=(2, 3))
     xs = torch.arange(w, dtype=torch.float32)
     ys = torch.arange(h, dtype=torch.float32)
     cx = (fg.weight.sum(dim=2) * xs).sum(-1) / mass.clamp_min(1e-8)
     cy = (fg.weight.sum(dim=3) * ys).sum(-1) / mass.clamp_min(1e-8)
-    valid = (mass > 1e-3).float()
+    return cx, cy, mass > 1e-3
+
+
+def _centroid_velocity(fg: _Foreground) -> torch.Tensor:
+    """[B, 2] least-squares slope (px/frame) of the soft foreground centroid; frames without one skipped."""
+    b, t = fg.weight.shape[:2]
+    cx, cy, has_centroid = _centroids(fg)
+    valid = has_centroid.float()
     time = torch.arange(t, dtype=torch.float32).expand(b, t)
     n = valid.sum(1).clamp_min(1.0)
     t_mean = (valid * time).sum(1) / n
@@ -292,20 +400,21 @@ def _centroid_velocity(fg: _Foreground) -> torch.Tensor:
     return slope
 
 
-def _global_velocity(distance: torch.Tensor) -> torch.Tensor:
+def _global_velocity(distance: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """[B, 2] mean whole-image shift (px/frame) between consecutive distance-to-background maps.
 
     For each pair of frames, the integer shift s in [-3, 3]^2 (scaled) minimising the mean squared
     difference between frame t + 1 at p + s and frame t at p on the interior, refined to sub-pixel
     by a parabola through its neighbours along x and along y. For a fluid this is a texture-weighted
-    mean of the flow, i.e. the drift plus a small part of the swirl.
+    mean of the flow, i.e. the drift plus a small part of the swirl. `weight` [B, T, H, W] in
+    [0, 1] restricts the comparison to pixels weighted in both frames (an orbit's background).
     """
     b, t, h, w = distance.shape
     if t < 2:
         return torch.zeros(b, 2)
     if min(h, w) > 32:
         resized, factor = _to_reference_size(distance)
-        return factor * _global_velocity(resized)
+        return factor * _global_velocity(resized, None if weight is None else _to_reference_size(weight)[0])
     reach = max(1, math.ceil(_GLOBAL_SEARCH_PX * min(h, w) / 32))
     now = distance[:, :-1, reach : h - reach, reach : w - reach]
     nxt = distance[:, 1:]
@@ -314,7 +423,13 @@ def _global_velocity(distance: torch.Tensor) -> torch.Tensor:
     for sy in offsets:
         for sx in offsets:
             moved = nxt[..., reach + sy : h - reach + sy, reach + sx : w - reach + sx]
-            costs.append(((moved - now) ** 2).mean(dim=(-2, -1)))
+            if weight is None:
+                costs.append(((moved - now) ** 2).mean(dim=(-2, -1)))
+                continue
+            both = weight[:, :-1, reach : h - reach, reach : w - reach] * weight[
+                :, 1:, reach + sy : h - reach + sy, reach + sx : w - reach + sx
+            ]
+            costs.append((both * (moved - now) ** 2).sum(dim=(-2, -1)) / both.sum(dim=(-2, -1)).clamp_min(1e-6))
     cost = torch.stack(costs, dim=-1).unflatten(-1, (len(offsets), len(offsets)))  # [B, T-1, dy, dx]
     n = len(offsets)
     flat = cost.flatten(-2)
@@ -338,31 +453,88 @@ def _global_velocity(distance: torch.Tensor) -> torch.Tensor:
     return shift.mean(dim=1)
 
 
+def _stillness(velocity: torch.Tensor, scale: float) -> float:
+    """The "static" score of a velocity (px/frame)."""
+    return math.exp(-((float(velocity.norm()) / (0.35 * 1.75 * scale)) ** 2))
+
+
+def _direction_score(velocity: torch.Tensor, direction: tuple[float, float], speed: float) -> float:
+    """How well a velocity (px/frame) goes `direction` at `speed` or faster (module doc)."""
+    if torch.isnan(velocity).any():
+        return 0.0  # no trajectory to speak of
+    norm = float(velocity.norm())
+    cosine = (float(velocity[0]) * direction[0] + float(velocity[1]) * direction[1]) / max(norm, 1e-8)
+    return ((1 + cosine) / 2) ** 2 * min(1.0, norm / (0.6 * speed)) ** 2
+
+
+def _orbit_scores(specs, fg: _Foreground, num_frames: int, height: int, width: int) -> list[float]:
+    """Background moving with the camera times the object held still at the centre (module doc)."""
+    near_object = F.max_pool2d(fg.mask.flatten(0, 1)[:, None].float(), 5, stride=1, padding=2)
+    background = (1.0 - near_object).reshape(fg.mask.shape)  # >= 2 px from the foreground
+    background_velocity = _global_velocity(fg.distance, background)
+    object_velocity = _centroid_velocity(fg)
+    cx, cy, has_centroid = _centroids(fg)
+    scale = min(height, width) / 32
+    scores = []
+    for i, spec in enumerate(specs):
+        if not has_centroid[i].any():
+            scores.append(0.0)
+            continue
+        offset = math.hypot(float(cx[i, has_centroid[i]].mean()) - (width - 1) / 2,
+                            float(cy[i, has_centroid[i]].mean()) - (height - 1) / 2)
+        centring = math.exp(-((offset / (0.25 * _object_size(spec, height, width))) ** 2))
+        still = 0.0 if torch.isnan(object_velocity[i]).any() else _stillness(object_velocity[i], scale)
+        speed = expected_speed(spec, num_frames, height, width)
+        scores.append(_direction_score(background_velocity[i], content_direction(spec), speed) * still * centring)
+    return scores
+
+
+def _order_scores(specs, fg: _Foreground, num_frames: int, height: int, width: int) -> list[float]:
+    """Geometric mean of the two legs' direction scores, each read on its own frames."""
+    switch = order_switch_frame(num_frames)
+    first = _centroid_velocity(fg.frames(0, switch + 1))
+    second = _centroid_velocity(fg.frames(switch, num_frames))
+    scores = []
+    for i, spec in enumerate(specs):
+        speed = expected_speed(spec, num_frames, height, width)
+        legs = (
+            _direction_score(first[i], DIRECTION_VECTORS[spec.motion], speed),
+            _direction_score(second[i], DIRECTION_VECTORS[spec.then], speed),
+        )
+        scores.append(math.sqrt(legs[0] * legs[1]))
+    return scores
+
+
 def _motion_scores(specs, fg: _Foreground, num_frames: int, height: int, width: int) -> torch.Tensor:
     b = len(specs)
-    velocity = torch.zeros(b, 2)
-    objects = [i for i, s in enumerate(specs) if s.kind == "object"]
-    others = [i for i, s in enumerate(specs) if s.kind != "object"]
-    if objects:
-        index = torch.tensor(objects)
-        velocity[index] = _centroid_velocity(fg.select(index))
-    if others:
-        index = torch.tensor(others)
-        velocity[index] = _global_velocity(fg.distance[index])
-    scale = min(height, width) / 32
     scores = torch.zeros(b)
-    for i, spec in enumerate(specs):
-        v = velocity[i]
+    by_kind = {
+        "centroid": [i for i, s in enumerate(specs) if s.kind in ("object", "composition")],
+        "shift": [i for i, s in enumerate(specs) if s.kind in ("pan", "fluid")],
+        "orbit": [i for i, s in enumerate(specs) if s.kind == "orbit"],
+        "order": [i for i, s in enumerate(specs) if s.kind == "order"],
+    }
+    velocity = torch.zeros(b, 2)
+    if by_kind["centroid"]:
+        index = torch.tensor(by_kind["centroid"])
+        velocity[index] = _centroid_velocity(fg.select(index))
+    if by_kind["shift"]:
+        index = torch.tensor(by_kind["shift"])
+        velocity[index] = _global_velocity(fg.distance[index])
+    for name, judge in (("orbit", _orbit_scores), ("order", _order_scores)):
+        if by_kind[name]:
+            index = torch.tensor(by_kind[name])
+            chosen = [specs[i] for i in by_kind[name]]
+            scores[index] = torch.tensor(judge(chosen, fg.select(index), num_frames, height, width))
+    scale = min(height, width) / 32
+    for i in by_kind["centroid"] + by_kind["shift"]:
+        spec, v = specs[i], velocity[i]
         if torch.isnan(v).any():
             continue  # no foreground trajectory: 0
-        speed = float(v.norm())
         if spec.motion == "static":
-            scores[i] = math.exp(-((speed / (0.35 * 1.75 * scale)) ** 2))
-            continue
-        dx, dy = content_direction(spec)
-        cosine = (float(v[0]) * dx + float(v[1]) * dy) / max(speed, 1e-8)
-        magnitude = min(1.0, speed / (0.6 * expected_speed(spec, num_frames, height, width))) ** 2
-        scores[i] = ((1 + cosine) / 2) ** 2 * magnitude
+            scores[i] = _stillness(v, scale)
+        else:
+            scores[i] = _direction_score(v, content_direction(spec), expected_speed(spec, num_frames, height, width))
     return scores
 
 
@@ -447,7 +619,7 @@ def judge_color(videos, specs) -> torch.Tensor:
     """[B] how close the foreground and background colours are to the spec's (see module doc)."""
     videos = _videos(videos)
     specs = _specs(specs, len(videos))
-    return _color_scores(videos, specs, _foreground(videos, specs))
+    return _color_scores(videos, specs, _foreground(videos, specs), _composition_layers(videos, specs))
 
 
 def judge_shape(videos, specs) -> torch.Tensor:
@@ -456,7 +628,15 @@ def judge_shape(videos, specs) -> torch.Tensor:
     specs = _specs(specs, len(videos))
     _, _, h, w, _ = videos.shape
     fg = _foreground(videos, specs)
-    return _shape_scores(specs, _components(fg.mask, fg.coverage), h, w)
+    return _shape_scores(specs, _components(fg.mask, fg.coverage), h, w, _composition_layers(videos, specs))
+
+
+def judge_relation(videos, specs) -> torch.Tensor:
+    """[B] whether a composition's first object lies where the spec says from the second; NaN otherwise."""
+    videos = _videos(videos)
+    specs = _specs(specs, len(videos))
+    _, _, h, w, _ = videos.shape
+    return _relation_scores(specs, _composition_layers(videos, specs), h, w)
 
 
 def judge_motion(videos, specs) -> torch.Tensor:
@@ -488,14 +668,16 @@ def judge_all(videos, prompts: list[str]) -> dict[str, torch.Tensor]:
     _, t, h, w, _ = videos.shape
     fg = _foreground(videos, specs)
     comps = _components(fg.mask, fg.coverage)
+    layers = _composition_layers(videos, specs)
     scores = {
-        "color": _color_scores(videos, specs, fg),
-        "shape": _shape_scores(specs, comps, h, w),
+        "color": _color_scores(videos, specs, fg, layers),
+        "shape": _shape_scores(specs, comps, h, w, layers),
         "motion": _motion_scores(specs, fg, t, h, w),
         "smoothness": _smoothness_scores(videos),
         "count": _count_scores(specs, comps, t, h, w),
+        "relation": _relation_scores(specs, layers, h, w),
     }
-    applies = torch.tensor([[name in APPLICABLE_JUDGES[s.kind] for s in specs] for name in JUDGES])  # [5, B]
+    applies = torch.tensor([[name in APPLICABLE_JUDGES[s.kind] for s in specs] for name in JUDGES])  # [J, B]
     weights = torch.tensor([OVERALL_WEIGHTS[name] for name in JUDGES])[:, None] * applies
     stacked = torch.stack([scores[name] for name in JUDGES]).nan_to_num(0.0)
     overall = (weights * stacked).sum(0) / weights.sum(0)
