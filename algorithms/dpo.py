@@ -23,7 +23,8 @@ in separate backward calls. `dpo_step` offers three schedules with identical gra
                are alive together, so only backward-time buffers shrink;
 - sequential — never holds both graphs: η from a no-grad pass over both branches, then winner
                forward → backward → freed, then loser. Peak is one branch's graph; the price is
-               one extra policy forward per branch.
+               one extra policy forward per branch. Exact only for a deterministic forward (no
+               dropout; Wan's and our LoRA's dropout are 0), as η comes from the no-grad pass.
 
 The on-policy hard-negative selection (report §4.2 item 1) is here too, as pure math on scores.
 """
@@ -32,14 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from typing import Callable, ContextManager, Literal, NamedTuple
+from typing import Callable, ContextManager, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Mode = Literal["standard", "decoupled", "sequential"]
-MODES: tuple[str, ...] = ("standard", "decoupled", "sequential")
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 # -- the loss ----------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ class PreferenceBatch(NamedTuple):
     text: torch.Tensor  # [B, L, D]
     sigma: torch.Tensor  # [B]
     winner_noise: torch.Tensor  # winner.shape
-    loser_noise: torch.Tensor  # loser.shape; the same tensor as winner_noise when shapes match
+    loser_noise: torch.Tensor  # loser.shape; a view of the same draw as winner_noise
 
 
 def make_preference_batch(
@@ -120,7 +121,7 @@ def make_preference_batch(
 ) -> PreferenceBatch:
     """Draw one σ and one ε per pair; σ = s·u/(1+(s−1)·u), u ~ U(0,1), as flow-matching training does.
 
-    Draws happen on the generator's device, so a seed gives the same batch on CPU and GPU.
+    Draws happen on the generator's device: a CPU generator gives the same batch wherever the latents live.
     """
     if winner.ndim != loser.ndim or winner.shape[:2] != loser.shape[:2] or winner.shape[3:] != loser.shape[3:]:
         raise ValueError(

@@ -189,21 +189,26 @@ class PairDataset:
     def batches(
         self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0
     ) -> Iterator[PairBatch]:
-        """Endless batches from global step `start_step` on; a rank's leftover pairs wait for a later epoch's shuffle."""
+        """Endless batches from global step `start_step` on; a rank's leftover pairs wait for a later epoch's shuffle.
+
+        The order is a function of (manifest, seed, rank, world_size), so resuming at a step replays
+        exactly what an uninterrupted run would have seen — for the same manifest.
+        """
         per_epoch = self.batches_per_epoch(batch_size, world_size)
         if per_epoch == 0:
             raise ValueError(
                 f"{len(self.records)} pairs in {self.root} cannot fill one batch of {batch_size} on each of {world_size} ranks"
             )
-        step = start_step
+        epoch, first = divmod(start_step, per_epoch)
         while True:
-            epoch, position = divmod(step, per_epoch)
             indices = self.shard_indices(seed=seed, epoch=epoch, rank=rank, world_size=world_size)
-            chosen = indices[position * batch_size : (position + 1) * batch_size]
-            winners, losers = zip(*(self.load(i) for i in chosen))
-            records = [self.records[i] for i in chosen]
-            yield PairBatch(step, epoch, records, _stack(winners, records, "winner"), _stack(losers, records, "loser"))
-            step += 1
+            for position in range(first, per_epoch):
+                chosen = indices[position * batch_size : (position + 1) * batch_size]
+                winners, losers = zip(*(self.load(i) for i in chosen))
+                records = [self.records[i] for i in chosen]
+                yield PairBatch(epoch * per_epoch + position, epoch, records,
+                                _stack(winners, records, "winner"), _stack(losers, records, "loser"))
+            epoch, first = epoch + 1, 0
 
 
 def _stack(videos: Sequence[torch.Tensor], records: Sequence[PairRecord], role: str) -> torch.Tensor:

@@ -192,11 +192,15 @@ def test_human_jsonl_import_keeps_valid_rows_and_names_bad_ones(tmp_path):
 
 
 # -- on-policy pairs and training resolution ---------------------------------------------------
-def test_on_policy_pairs_take_the_selected_samples():
+def test_on_policy_pairs_take_the_selected_samples(tmp_path):
     videos = torch.stack([numbered_video(3) + 10 * g for g in range(4)])
     pairs = on_policy_pairs("p", videos, [(2, 0), (3, 1)])
     assert [(frame_ids(p.winner)[0], frame_ids(p.loser)[0]) for p in pairs] == [(20, 0), (30, 10)]
     assert {(p.source, p.kind) for p in pairs} == {("on_policy", "hard_negative")}
+    writer = PairWriter(tmp_path)  # views into one [G, ...] tensor are written as separate clips
+    for pair in pairs:
+        writer.append(pair)
+    assert [frame_ids(PairDataset(tmp_path).load(i)[0])[0] for i in range(2)] == [20, 30]
 
 
 def test_resample_keeps_both_clips_on_the_same_source_frames():
