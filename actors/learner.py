@@ -1,134 +1,176 @@
-"""PolicyLearner: owns the trainable parameters, the optimizer and the frozen reference."""
+"""Learner: the one trainer actor of every stage, data-parallel across the pool's bundles.
+
+A learner owns the trainable parameters, the optimizer and (when its objective needs one) the
+frozen reference, all on the device its bundle was given (`actors.device`). The stage's loss
+comes from an objective (`actors.objectives`): the learner runs the optimizer steps the
+objective yields and owns what is common to all of them — precision, gradient sync, clipping,
+refusing non-finite steps, offload between phases, weights out and checkpoint state.
+
+Data parallelism: N learners, one per bundle, form one `torch.distributed` process group (gloo
+on CPU, NCCL on GPU) set up by the driver (`dist_address` on rank 0, then `init_data_parallel`
+on every rank); the transformer is wrapped in DDP, which broadcasts rank 0's weights at wrap
+time and averages gradients in backward. Every rank holds the same weights and optimizer state,
+so rank 0 alone ships weights and checkpoints.
+
+The reference for a KL term is the same transformer with its LoRA adapters disabled when the
+policy trains LoRA (no second copy in memory), else a frozen copy made at start.
+
+Limits: DDP replicates the trainable parameters, their gradients and optimizer state on every
+rank — enough for LoRA and for full fine-tuning of models that fit one accelerator (Wan2.1-1.3B);
+a 14B full fine-tune needs sharding (FSDP), which is not built. DDP's gradient buckets stay on
+the accelerator while the learner is released.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
+import socket
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
-from actors.offload import Offloadable
-from algorithms.flow_sde import sde_step_with_logprob
-from algorithms.grpo import SurrogateTerms, clipped_surrogate, gaussian_mean_kl, select_train_timesteps
-from algorithms.vipo import map_weighted_log_prob
-from cluster.config import TeleBoostConfig
-from policy.psm import PerceptualStructuringModule
-from policy.sampling import Trajectories
-from policy.wan import build_policy, select_trainable, trainable_state
+from actors.device import assigned_device, tensor_devices
+from actors.faults import CrashOnRequest
+from actors.offload import Offloader, PhaseMember
+from policy.wan import adapters_disabled, load_policy, trainable_state
 
 
-class PolicyLearner(Offloadable):
-    """GRPO updates on rollouts; weights leave as {name: tensor} with a version number.
+@dataclass(frozen=True)
+class OptimizerSpec:
+    learning_rate: float
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
 
-    The reference policy for the KL term is a frozen copy of the starting policy, made only
-    when kl_beta > 0 (it doubles the transformer's memory).
-    """
 
-    def __init__(self, config: TeleBoostConfig):
-        torch.set_num_threads(config.policy.torch_threads)
-        self.config = config
-        self.policy = build_policy(config.policy.preset, config.policy.model_path, config.policy.dtype, seed=config.seed)
-        self.reference = copy.deepcopy(self.policy).requires_grad_(False) if config.grpo.kl_beta > 0 else None
-        self.params = select_trainable(self.policy, config.policy.trainable, config.policy.lora_rank)
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.grpo.learning_rate, weight_decay=0.0)
+class Learner(PhaseMember, CrashOnRequest):
+    """policy: the `policy` config section; objective: a stage objective from `actors.objectives`."""
+
+    def __init__(self, policy, optimizer: OptimizerSpec, objective, seed: int = 0, rank: int = 0, world_size: int = 1):
+        torch.set_num_threads(policy.torch_threads)
+        self.device = assigned_device()
+        self.policy, self.params = load_policy(policy, seed=seed, device=self.device)
+        self.lora = policy.trainable == "lora"
+        self.objective = objective
+        self.reference = None
+        if objective.needs_reference and not self.lora:
+            self.reference = copy.deepcopy(self.policy.transformer).requires_grad_(False).eval()
+        self.optimizer_spec = optimizer
+        self.optimizer = torch.optim.AdamW(self.params, lr=optimizer.learning_rate, weight_decay=optimizer.weight_decay)
+        self.offloader = Offloader(self.device).manage(self.policy.transformer, self.policy.vae, self.reference, self.optimizer)
+        self.model: torch.nn.Module = self.policy.transformer  # the DDP wrapper once data-parallel
+        self.rank, self.world_size = rank, world_size
         self.version = 0
-        self.psm: PerceptualStructuringModule | None = None
 
-    def get_weights(self) -> tuple[dict[str, torch.Tensor], int]:
-        """(weights, version); call with `num_returns=2` so the weights stay in the object store."""
-        return trainable_state(self.policy), self.version
+    # -- data parallelism -------------------------------------------------------------------
+    def dist_address(self) -> str:
+        """rank 0: a TCP rendezvous address on this node for the process group."""
+        import ray
 
-    def update(
-        self, advantages: torch.Tensor, seed: int, sample_weights: torch.Tensor | None, *shards: Trajectories
-    ) -> dict[str, float]:
-        """One GRPO update: inner epochs × shuffled minibatches of `group_size` samples, each
-        accumulating the surrogate over a random subset of denoising steps before one optimizer step.
+        with socket.socket() as probe:
+            probe.bind(("", 0))
+            port = probe.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
 
-        Non-finite losses or gradients skip that optimizer step (counted), so they never reach
-        the weights.
+    def init_data_parallel(self, address: str) -> int:
+        """Join the process group and wrap the transformer in DDP (every rank calls this at once)."""
+        if self.world_size == 1:
+            return self.rank
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method=address, rank=self.rank, world_size=self.world_size)
+        device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        self.model = torch.nn.parallel.DistributedDataParallel(self.policy.transformer, device_ids=device_ids)
+        return self.rank
+
+    def no_sync(self):
+        """Accumulate gradients without all-reducing them (every backward but a step's last)."""
+        return self.model.no_sync() if self.world_size > 1 else nullcontext()
+
+    # -- what objectives call ---------------------------------------------------------------
+    def velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.policy.velocity(latents, sigmas, text, model=self.model)
+
+    @torch.no_grad()
+    def reference_velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        if self.lora:
+            with adapters_disabled(self.policy.transformer):
+                return self.policy.velocity(latents, sigmas, text)
+        return self.policy.velocity(latents, sigmas, text, model=self.reference)
+
+    # -- the update -------------------------------------------------------------------------
+    def update(self, seed: int, shard_sizes: list[int], *batch, **options) -> dict[str, float]:
+        """Run the optimizer steps the objective yields for this rank's shard of the batch.
+
+        A step whose loss or gradient norm is not finite on ANY rank is skipped on every rank
+        (counted), so it never reaches the weights and the ranks stay identical.
         """
-        cfg = self.config.grpo
-        trajectories = Trajectories.concat(list(shards))
-        generator = torch.Generator().manual_seed(seed)
-        num_steps = trajectories.log_probs.shape[1]
-        batch = trajectories.latents.shape[0]
-        advantage_maps = self._advantage_maps(trajectories, advantages)
         self.policy.transformer.train()
-        keys = ("loss", "kl", "clip_fraction", "ratio")
-        totals = dict.fromkeys((*keys, "grad_norm"), 0.0)
+        totals: dict[str, float] = {}
         updates = skipped = 0
-        for _ in range(cfg.inner_epochs):
-            train_steps = select_train_timesteps(num_steps, cfg.timestep_fraction, generator)
-            for minibatch in torch.randperm(batch, generator=generator).split(cfg.group_size):
+        for run_step in self.objective.optimizer_steps(self, seed, shard_sizes, *batch, **options):
+            self.optimizer.zero_grad(set_to_none=True)
+            stats = run_step()
+            for key in stats:
+                totals.setdefault(key, 0.0)  # reported (as 0) even when every step is skipped
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optimizer_spec.max_grad_norm).item()
+            if not self._finite_everywhere(math.isfinite(grad_norm) and math.isfinite(stats["loss"])):
+                skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
-                step_sums = dict.fromkeys(keys, 0.0)
-                for j in train_steps:
-                    terms = self._step_terms(trajectories, advantages, sample_weights, advantage_maps, minibatch, j)
-                    (terms.loss / len(train_steps)).backward()
-                    for key, value in zip(keys, (terms.loss, terms.kl, terms.clip_fraction, terms.ratio_mean)):
-                        step_sums[key] += value.item() / len(train_steps)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm).item()
-                if not (math.isfinite(grad_norm) and math.isfinite(step_sums["loss"])):
-                    skipped += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                    continue
-                self.optimizer.step()
-                updates += 1
-                for key, value in step_sums.items():
-                    totals[key] += value
-                totals["grad_norm"] += grad_norm
+                continue
+            self.optimizer.step()
+            updates += 1
+            for key, value in {**stats, "grad_norm": grad_norm}.items():
+                totals[key] = totals.get(key, 0.0) + value
+        totals.setdefault("grad_norm", 0.0)
         self.policy.transformer.eval()
         self.version += 1
         metrics = {key: value / max(updates, 1) for key, value in totals.items()}
         metrics.update(optimizer_steps=updates, skipped_updates=skipped, version=self.version)
         return metrics
 
-    def _advantage_maps(self, trajectories: Trajectories, advantages: torch.Tensor) -> torch.Tensor | None:
-        """ViPO maps on the latent grid (report §3.2), or None when lam = 0 (plain GRPO exactly)."""
-        vipo = self.config.grpo.vipo
-        if vipo.lam == 0:
-            return None
-        if self.psm is None:
-            self.psm = PerceptualStructuringModule(vipo.backbone, vipo.backbone_path, vipo.patch)
-        latent_thw = tuple(trajectories.latents.shape[-3:])
-        return self.psm.advantage_maps(trajectories.videos.float() / 255, self.config.grpo.group_size, vipo.lam, latent_thw,
-                                       advantages if vipo.map == "reward_aligned" else None)
+    def _finite_everywhere(self, finite: bool) -> bool:
+        if self.world_size == 1:
+            return finite
+        flag = torch.tensor([1.0 if finite else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
 
-    def _step_terms(self, trajectories, advantages, sample_weights, advantage_maps, index, j) -> SurrogateTerms:
-        x = trajectories.latents[index, j]
-        sigma, sigma_next = trajectories.sigmas[j], trajectories.sigmas[j + 1]
-        text = trajectories.text_embeds[index]
-        per_element = advantage_maps is not None
-        step = sde_step_with_logprob(
-            self.policy.velocity(x, sigma, text), x, sigma, sigma_next, trajectories.noise_level,
-            prev_sample=trajectories.latents[index, j + 1], per_element=per_element,
-        )
-        kl = None
-        if self.reference is not None:
-            with torch.no_grad():
-                ref_velocity = self.reference.velocity(x, sigma, text)
-            ref_mean = sde_step_with_logprob(ref_velocity, x, sigma, sigma_next, trajectories.noise_level,
-                                             prev_sample=trajectories.latents[index, j + 1]).mean
-            kl = gaussian_mean_kl(step.mean, ref_mean, step.std)
-        cfg = self.config.grpo
-        log_prob, old_log_prob = step.log_prob, trajectories.log_probs[index, j]
-        if per_element:  # ViPO: the map-weighted per-sample log-prob (report eq. 2)
-            log_prob = map_weighted_log_prob(step.log_prob, advantage_maps[index])
-            old_log_prob = map_weighted_log_prob(trajectories.log_prob_maps[index, j], advantage_maps[index])
-        weights = None if sample_weights is None else sample_weights[index]
-        return clipped_surrogate(log_prob, old_log_prob, advantages[index], cfg.clip_range, cfg.adv_clip_max,
-                                 kl=kl, kl_beta=cfg.kl_beta, sample_weights=weights)
+    # -- weights, state, phases -------------------------------------------------------------
+    def get_weights(self) -> tuple[dict[str, torch.Tensor], int]:
+        """(host copies of the trainable weights, version); call with `num_returns=2` so the
+        weights stay in the object store."""
+        return trainable_state(self.policy), self.version
 
-    # -- state ------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """(trainable weights, optimizer state + version) for a checkpoint."""
-        return trainable_state(self.policy), {"optimizer": self.optimizer.state_dict(), "version": self.version}
+        """(trainable weights, optimizer state + version) on the host, for a checkpoint."""
+        optimizer_state = _to_host(self.optimizer.state_dict())
+        return trainable_state(self.policy), {"optimizer": optimizer_state, "version": self.version}
 
     def load_state(self, weights: dict[str, torch.Tensor], extra: dict) -> int:
         self.policy.load_state_dict(weights, strict=False)
-        self.optimizer.load_state_dict(extra["optimizer"])
+        self.optimizer.load_state_dict(extra["optimizer"])  # moves state to each parameter's device
         self.version = extra["version"]
         return self.version
 
+    def placement(self) -> dict[str, str]:
+        """Where this learner's tensors are (tests check it against the bundle's device)."""
+        optimizer_state = [v for state in self.optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.ndim]
+        return {"device": str(self.device), **tensor_devices(
+            transformer=self.policy.transformer.parameters(), vae=self.policy.vae.parameters(),
+            reference=self.reference.parameters() if self.reference is not None else [], optimizer_state=optimizer_state)}
+
     def ping(self) -> int:
         return self.version
+
+
+def _to_host(value):
+    if torch.is_tensor(value):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_host(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_host(item) for item in value]
+    return value
+

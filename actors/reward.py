@@ -1,56 +1,65 @@
-"""RewardActor: builds the configured critics once and scores batches of videos."""
+"""RewardActor: builds the configured critics once, on its bundle's device, and scores batches."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
+from actors.device import assigned_device, memory_stats
 from actors.faults import CrashOnRequest
-from cluster.config import RewardsConfig
-from reward_services.base import build_critic
-from reward_services.critics.safety import apply_gate
+from reward_services.base import build_critic, critic_class
+
+
+def critic_on_device(name: str, options: dict, device: torch.device):
+    """Build a critic, giving it `device` when its constructor takes one and its options do not
+    already name a device (critics that run on the CPU only, like the toy judges, have none)."""
+    options = dict(options)
+    if "device" in inspect.signature(critic_class(name)).parameters:
+        options.setdefault("device", str(device))
+    return build_critic(name, **options)
 
 
 class RewardActor(CrashOnRequest):
-    """Scores are returned as {"critic.score": Tensor[B]} so any critic output can be a reward."""
+    """Scores are returned as {"critic.score": Tensor[B]} so any critic output can be a reward.
 
-    def __init__(self, rewards: RewardsConfig, torch_threads: int = 1):
+    rewards: the `rewards` config section.
+    """
+
+    def __init__(self, rewards, torch_threads: int = 1):
         torch.set_num_threads(torch_threads)
-        self.critics = {spec.name: build_critic(spec.name, **spec.options) for spec in rewards.critics}
+        self.device = assigned_device()
+        self.critics = {spec.name: critic_on_device(spec.name, spec.options, self.device) for spec in rewards.critics}
+        self.awake = True
 
     def score(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         scores: dict[str, torch.Tensor] = {}
         for name, critic in self.critics.items():
             for key, value in critic.score(videos, prompts).scores.items():
-                scores[f"{name}.{key}"] = value.float()
+                scores[f"{name}.{key}"] = value.float().cpu()
         self._maybe_crash()
         return scores
 
-    def release(self) -> bool:
+    def release(self) -> dict[str, int]:
         """Outside the evaluate phase: critics that hold accelerator memory (the VLM judge) sleep."""
         for critic in self.critics.values():
             if hasattr(critic, "sleep"):
                 critic.sleep()
-        return False
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.awake = False
+        stats = memory_stats(self.device)
+        return {"idle_bytes": stats["allocated_bytes"], "peak_bytes": stats["peak_bytes"]}
 
     def wake(self) -> bool:
         for critic in self.critics.values():
             if hasattr(critic, "wake_up"):
                 critic.wake_up()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.awake = True
         return True
 
     def ping(self) -> bool:
         return True
 
-
-def component_rewards(scores: dict[str, torch.Tensor], rewards: RewardsConfig) -> tuple[dict[str, torch.Tensor], int]:
-    """({component: Tensor[B]}, number of gated samples): each component's configured score, with
-    samples flagged by the `gate` score forced to the floor in every component."""
-    missing = [c.score for c in rewards.components.values() if c.score not in scores]
-    if missing:
-        raise KeyError(f"reward components name {missing}, but the critics returned {sorted(scores)}")
-    components = {name: scores[c.score].float() for name, c in rewards.components.items()}
-    if rewards.gate is None:
-        return components, 0
-    gated = scores[rewards.gate] > 0.5
-    components = {name: apply_gate(value, gated, rewards.gate_floor)[0] for name, value in components.items()}
-    return components, int(gated.sum())

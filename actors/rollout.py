@@ -1,31 +1,39 @@
-"""RolloutActor: holds a no-grad copy of the policy and samples groups of videos with log-probs."""
+"""RolloutActor: holds a no-grad copy of the policy on its bundle's device and samples groups of
+videos with per-step log-probs."""
 
 from __future__ import annotations
 
 import torch
 
+from actors.device import assigned_device, tensor_devices
 from actors.faults import CrashOnRequest
-from actors.offload import Offloadable
-from cluster.config import TeleBoostConfig
+from actors.offload import Offloader, PhaseMember
 from policy.sampling import Trajectories, sample_trajectories
-from policy.wan import build_policy, sampling_sigmas, select_trainable
+from policy.wan import load_policy, sampling_sigmas
 
 
 class StaleWeightsError(RuntimeError):
     pass
 
 
-class RolloutActor(Offloadable, CrashOnRequest):
-    """Samples G videos per prompt. Refuses to sample with weights older than the driver expects."""
+class RolloutActor(PhaseMember, CrashOnRequest):
+    """Samples G videos per prompt. Refuses to sample with weights older than the driver expects.
 
-    def __init__(self, config: TeleBoostConfig):
-        torch.set_num_threads(config.policy.torch_threads)
-        self.config = config
-        self.policy = build_policy(config.policy.preset, config.policy.model_path, config.policy.dtype, seed=config.seed)
-        # Same trainable structure as the learner (e.g. LoRA adapters), so shipped names match.
-        select_trainable(self.policy, config.policy.trainable, config.policy.lora_rank)
+    policy, sampling, clip: its config sections. It builds the policy exactly as the learner does
+    (same trainable structure, precision and seed), so shipped weights load by name and the
+    learner's recomputed log-probs match the rollout's (ratio 1 on the first inner step).
+    """
+
+    def __init__(self, policy, sampling, clip, seed: int = 0, keep_log_prob_maps: bool = False):
+        torch.set_num_threads(policy.torch_threads)
+        self.device = assigned_device()
+        self.policy, _ = load_policy(policy, seed=seed, device=self.device)
         self.policy.requires_grad_(False).eval()
-        self.sigmas = sampling_sigmas(config.sampling.num_steps, config.sampling.shift)
+        self.sigmas = sampling_sigmas(sampling.num_steps, sampling.shift)
+        self.noise_level = sampling.noise_level
+        self.clip_shape = clip.shape
+        self.keep_log_prob_maps = keep_log_prob_maps
+        self.offloader = Offloader(self.device).manage(self.policy.transformer, self.policy.vae)
         self.weights_version = 0
 
     def set_weights(self, state: dict[str, torch.Tensor], version: int) -> int:
@@ -41,16 +49,18 @@ class RolloutActor(Offloadable, CrashOnRequest):
         consecutive. Call with `num_returns=3`: the driver waits on the small version only."""
         if self.weights_version != expected_version:
             raise StaleWeightsError(f"rollout holds weights v{self.weights_version}, driver expects v{expected_version}")
-        world = self.config.world
         repeated = [p for p in prompts for _ in range(group_size)]
         trajectories = sample_trajectories(
-            self.policy, repeated, self.sigmas, self.config.sampling.noise_level,
-            (world.num_frames, world.height, world.width), torch.Generator().manual_seed(seed),
-            keep_log_prob_maps=self.config.grpo.vipo.lam > 0,
+            self.policy, repeated, self.sigmas, self.noise_level, self.clip_shape, torch.Generator().manual_seed(seed),
+            keep_log_prob_maps=self.keep_log_prob_maps,
         )
         trajectories.weights_version = self.weights_version
         self._maybe_crash()
         return trajectories.videos, trajectories, self.weights_version
+
+    def placement(self) -> dict[str, str]:
+        return {"device": str(self.device), **tensor_devices(
+            transformer=self.policy.transformer.parameters(), vae=self.policy.vae.parameters())}
 
     def ping(self) -> int:
         return self.weights_version

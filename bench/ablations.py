@@ -66,7 +66,8 @@ BASE_MODEL = ROOT / "runs" / "base" / "tiny"
 # runs, but over 24 steps KL 0.01 only slowed the plain-GRPO check of (b) (seed 0: +0.05 vs +0.10
 # reward) and its reference forward costs time. Fixed-seed evals are off (not used, cost a sample pass).
 COMMON = {
-    "world": {"num_frames": 5, "height": 32, "width": 32, "kinds": ["object"]},
+    "clip": {"num_frames": 5, "height": 32, "width": 32},
+    "world": {"kinds": ["object"]},
     "policy": {"preset": "tiny", "model_path": str(BASE_MODEL), "trainable": "full", "torch_threads": 1},
     "sampling": {"num_steps": 6, "shift": 3.0, "noise_level": 0.7},
     "pool": {"num_bundles": 1, "placement": "colocated"},
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> None:
              f"`python -m bench.ablations --seeds {args.seeds} --steps {args.steps} --only {','.join(only)}"
              f"{' --resume' if args.resume else ''}`{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
              f"{COMMON['grpo']['prompts_per_step']} prompts x {COMMON['grpo']['group_size']} videos per step, "
-             f"{COMMON['world']['num_frames']}-frame {COMMON['world']['height']}x{COMMON['world']['width']} clips, "
+             f"{COMMON['clip']['num_frames']}-frame {COMMON['clip']['height']}x{COMMON['clip']['width']} clips, "
              f"{COMMON['sampling']['num_steps']} denoising steps, lr {COMMON['grpo']['learning_rate']:g}, "
              f"clip {COMMON['grpo']['clip_range']:g}. Improvements: mean of the last k minus the first k steps, "
              f"k = {max(1, min(5, args.steps // 2))}. Total wall time {total_seconds / 60:.1f} min.", ""]

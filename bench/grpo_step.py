@@ -25,7 +25,7 @@ from policy.wan import build_policy, sampling_sigmas
 def time_sampler(policy, config, noise_level: float, repeats: int) -> float:
     prompts = ["a red square moves left on a gray background"] * config.grpo.group_size * config.grpo.prompts_per_step
     sigmas = sampling_sigmas(config.sampling.num_steps, config.sampling.shift)
-    shape = (config.world.num_frames, config.world.height, config.world.width)
+    shape = config.clip.shape
     sample_trajectories(policy, prompts, sigmas, noise_level, shape, torch.Generator().manual_seed(0), decode=False)
     times = []
     for i in range(repeats):

@@ -33,7 +33,7 @@ import tempfile
 import ray
 import torch
 
-from actors.reward_workers import RewardWorkerGroup
+from cluster.reward_group import RewardWorkerGroup
 from schedulers.mps import lower_bound
 from toyworld.world import ToyWorld
 

@@ -1,9 +1,11 @@
 """Configuration: one pydantic model per stage, validated before any actor starts.
 
-A YAML file holds the shared sections (`world`, `policy`, `sampling`, `rewards`, `pool`) and
-one section per stage (`pretrain`, `grpo`, ...). Every model forbids unknown keys, so a typo
-fails at submit time with the field's dotted path, e.g. `grpo.group_size: Input should be
-greater than 0`.
+A YAML file holds the shared sections (`clip`, `world`, `prompts`, `policy`, `sampling`,
+`rewards`, `pool`) and one section per stage (`pretrain`, `grpo`, ...). Every model forbids
+unknown keys, so a typo fails at submit time with the field's dotted path, e.g.
+`grpo.group_size: Input should be greater than 1`. The sections an actor reads are defined in
+the layer of that actor (`policy.config`, `reward_services.config`), so actors never import
+`cluster/`; this module composes them.
 """
 
 from __future__ import annotations
@@ -14,114 +16,81 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from policy.config import ClipConfig, PolicyConfig, SamplingConfig
+from reward_services.config import RewardsConfig
+from toyworld.world import KINDS
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class WorldConfig(Section):
-    """The toy world's clip geometry and which scene kinds prompts come from."""
+    """Which toy-world scene kinds training prompts come from (`toyworld.world.KINDS`)."""
 
-    num_frames: int = Field(9, ge=3)
-    height: int = Field(32, ge=16)
-    width: int = Field(32, ge=16)
-    kinds: tuple[Literal["object", "pan", "fluid"], ...] = ("object",)
+    kinds: tuple[str, ...] = ("object",)
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds):
+        unknown = [kind for kind in kinds if kind not in KINDS]
+        if not kinds or unknown:
+            raise ValueError(f"world.kinds must name some of {list(KINDS)}, got unknown {unknown or 'none'}")
+        return kinds
+
+
+class PromptsConfig(Section):
+    """Where training prompts come from: the toy world's grammar, or a file (one prompt per
+    line, or JSONL rows with a "prompt" field) for real models."""
+
+    source: Literal["toy", "file"] = "toy"
+    path: str | None = None
 
     @model_validator(mode="after")
-    def _vae_compatible(self):
-        if (self.num_frames - 1) % 2:
-            raise ValueError(f"num_frames must be odd (1 + 2k frames for the VAE), got {self.num_frames}")
-        if self.height % 8 or self.width % 8:
-            raise ValueError(f"height and width must be multiples of 8, got {self.height}x{self.width}")
+    def _file_needs_path(self):
+        if self.source == "file" and not self.path:
+            raise ValueError("prompts.path is required when prompts.source is 'file'")
         return self
 
 
-class PolicyConfig(Section):
-    """Which Wan model: `tiny` (CPU-sized, the toy world's) or a real Wan2.x preset.
-
-    `model_path` is a diffusers-layout folder or hub id. For `tiny` it is where
-    `cluster.jobs.pretrain` writes the base model (None = random init, used by tests);
-    real presets require it.
-    """
-
-    preset: Literal["tiny", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-i2v-14b"] = "tiny"
-    model_path: str | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    trainable: Literal["full", "lora", "decoder"] = "full"
-    lora_rank: int = Field(8, ge=1)
-    torch_threads: int = Field(1, ge=1)
-
-    @model_validator(mode="after")
-    def _path_for_pretrained(self):
-        if self.preset != "tiny" and not self.model_path:
-            raise ValueError(f"policy.model_path is required for preset {self.preset!r}")
-        return self
-
-
-class SamplingConfig(Section):
-    num_steps: int = Field(10, ge=2)
-    shift: float = Field(3.0, gt=0)
-    noise_level: float = Field(0.7, ge=0)
-
-
-class CriticSpec(Section):
-    """A critic to build by its registered name, with constructor options."""
-
-    name: str
-    options: dict = Field(default_factory=dict)
-
-
-class RewardComponent(Section):
-    """One reward the trainer optimises: a critic's score (`critic.score`) with a weight."""
-
-    score: str
-    weight: float = Field(1.0, ge=0)
-
-
-class RewardsConfig(Section):
-    """Which critics score rollouts, and which of their scores are the reward components.
-
-    With one component the reward is that score; with several, `grpo.joint_reward.mode`
-    decides how they combine (report §3.5). `gate` names a score (e.g. `safety.gated`) whose
-    truthy samples get the reward floor (report §5.1, item 3).
-    """
-
-    critics: tuple[CriticSpec, ...] = (CriticSpec(name="toy_judges"),)
-    components: dict[str, RewardComponent] = Field(
-        default_factory=lambda: {"overall": RewardComponent(score="toy_judges.overall")}
-    )
-    gate: str | None = None
-    gate_floor: float = 0.0
-    execution: Literal["actor", "grouped"] = Field(
-        "actor",
-        description="actor: one RewardActor per bundle runs every critic; grouped: one worker process "
-        "per critic, grouped and given quotas by the MPS planner (report §6.1.2)",
-    )
-
-    @model_validator(mode="after")
-    def _components_name_configured_critics(self):
-        names = {spec.name for spec in self.critics}
-        if not self.components:
-            raise ValueError("rewards.components must name at least one score")
-        for label, component in {**self.components, "gate": RewardComponent(score=self.gate or "")}.items():
-            if label == "gate" and not self.gate:
-                continue
-            critic = component.score.split(".", 1)[0]
-            if "." not in component.score or critic not in names:
-                raise ValueError(
-                    f"rewards.components.{label}.score={component.score!r} must be 'critic.score' "
-                    f"with critic among the configured critics {sorted(names)}"
-                )
-        return self
+# Fractions of one bundle's accelerator each role holds by default; on a colocated bundle the
+# roles placed there must sum to <= 1 so Ray lets all of them live there at once.
+DEFAULT_SHARES = {"rollout": 0.3, "learner": 0.3, "reward": 0.2, "reward_worker": 0.04}
 
 
 class PoolConfig(Section):
+    """The accelerator pool (report §6.1.1): bundles, placement, and each role's share.
+
+    Every stage places one learner per (main) bundle — the data-parallel group — and its other
+    roles on the bundles its driver names; `shares` says how much of a bundle's accelerator each
+    role reserves (fractional, overlapping assignment on a colocated bundle).
+    """
+
     num_bundles: int = Field(1, ge=1)
     accelerator: Literal["auto", "GPU", "accelerator"] = "auto"
     cpus_per_bundle: float = Field(1.0, gt=0)
     placement: Literal["colocated", "disaggregated"] = "colocated"
     reward_bundles: int = Field(1, ge=1, description="bundles of the reward pool when disaggregated")
     max_phase_retries: int = Field(2, ge=0, description="times a phase is redone after an actor dies")
+    shares: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_SHARES))
+
+    @field_validator("shares")
+    @classmethod
+    def _shares(cls, shares):
+        shares = {**DEFAULT_SHARES, **shares}
+        unknown = set(shares) - set(DEFAULT_SHARES)
+        bad = {role: share for role, share in shares.items() if not 0 < share <= 1}
+        if unknown or bad:
+            raise ValueError(f"pool.shares: roles are {sorted(DEFAULT_SHARES)} with shares in (0, 1]; "
+                             f"got unknown {sorted(unknown)}, out of range {bad}")
+        return shares
+
+    @model_validator(mode="after")
+    def _disaggregated_sizes(self):
+        if self.placement == "disaggregated" and self.reward_bundles >= self.num_bundles:
+            raise ValueError(f"pool.placement=disaggregated needs num_bundles ({self.num_bundles}) > "
+                             f"reward_bundles ({self.reward_bundles})")
+        return self
 
 
 class PretrainConfig(Section):
@@ -154,7 +123,9 @@ class BPGOConfig(Section):
 
     ras: bool = False
     crt: bool = False
-    prior_rule: Literal["ema", "bayes", "frozen"] = "ema"
+    prior_rule: Literal["frozen", "ema", "bayes"] = Field(
+        "frozen", description="frozen: the prior pooled from the reference groups is the fixed trust anchor (report "
+        "§3.3); ema / bayes also fold in every training batch")
     prior_momentum: float = Field(0.9, ge=0, lt=1)
     prior_groups: int = Field(1, ge=0, description="reference groups sampled per prompt before training")
     alpha: float = Field(1.0, ge=0)
@@ -211,8 +182,14 @@ class GRPOConfig(Section):
     clip_range: float = Field(1e-3, gt=0)
     adv_clip_max: float = Field(5.0, gt=0)
     kl_beta: float = Field(0.0, ge=0)
+    kl_form: Literal["flow_grpo", "exact"] = Field(
+        "flow_grpo", description="flow_grpo: ‖Δμ‖²/(2·std_t²) per step, Flow-GRPO's scale, so its published kl_beta "
+        "values carry over; exact: the one-step Gaussian KL ‖Δμ‖²/(2·std_t²·|dt|), 1/|dt| (4-110x on the toy schedule) stronger")
     timestep_fraction: float = Field(0.6, gt=0, le=1)
     inner_epochs: int = Field(1, ge=1)
+    num_minibatches: int | None = Field(
+        None, ge=1, description="optimizer steps per inner epoch (each learner splits its shard into this many "
+        "minibatches); None: one per prompt group of the smallest learner shard")
     max_grad_norm: float = Field(1.0, gt=0)
     checkpoint_every: int = Field(10, ge=1)
     eval_every: int = Field(5, ge=0, description="fixed-seed evaluation on the prompt pool every K steps (0 = off)")
@@ -233,13 +210,42 @@ class GRPOConfig(Section):
 class TeleBoostConfig(Section):
     run_dir: str = "runs/toy"
     seed: int = 0
+    clip: ClipConfig = ClipConfig()
     world: WorldConfig = WorldConfig()
+    prompts: PromptsConfig = PromptsConfig()
     policy: PolicyConfig = PolicyConfig()
     sampling: SamplingConfig = SamplingConfig()
     rewards: RewardsConfig = RewardsConfig()
     pool: PoolConfig = PoolConfig()
     pretrain: PretrainConfig = PretrainConfig()
     grpo: GRPOConfig = GRPOConfig()
+
+    @model_validator(mode="after")
+    def _clip_fits_the_model(self):
+        self.clip.check_for(self.policy.preset)
+        return self
+
+    @model_validator(mode="after")
+    def _colocated_shares_fit_a_bundle(self):
+        """GRPO's roles on one colocated bundle: rollout, learner and the reward actor (or one
+        reward worker per critic when the joint reward runs grouped) must fit in one accelerator."""
+        if self.pool.placement != "colocated":
+            return self
+        shares = self.pool.shares
+        reward = (shares["reward_worker"] * len(self.rewards.critics) if self.rewards.execution == "grouped"
+                  else shares["reward"])
+        total = shares["rollout"] + shares["learner"] + reward
+        if total > 1 + 1e-9:
+            raise ValueError(f"pool.shares: rollout + learner + reward shares sum to {total:.3g} > 1 on a colocated bundle")
+        return self
+
+    @model_validator(mode="after")
+    def _every_learner_gets_a_group(self):
+        main_bundles = self.pool.num_bundles - (self.pool.reward_bundles if self.pool.placement == "disaggregated" else 0)
+        if self.grpo.prompts_per_step < main_bundles:
+            raise ValueError(f"grpo.prompts_per_step ({self.grpo.prompts_per_step}) must be >= the {main_bundles} "
+                             "main bundles: each bundle samples and trains on whole prompt groups")
+        return self
 
     @model_validator(mode="after")
     def _curriculum_names_components(self):

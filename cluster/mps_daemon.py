@@ -17,12 +17,13 @@ becomes a thread share (`cpu_thread_share`), applied by the reward worker itself
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
+
+from schedulers.mps import check_quota, mps_percentage
 
 logger = logging.getLogger(__name__)
 
@@ -44,25 +45,6 @@ def visible_gpu_count(timeout_seconds: float = 10.0) -> int:
     if result.returncode != 0:
         return 0
     return sum(1 for line in result.stdout.splitlines() if line.startswith("GPU "))
-
-
-def _check_quota(quota: float) -> float:
-    quota = float(quota)
-    if not (math.isfinite(quota) and 0.0 < quota <= 1.0):
-        raise ValueError(f"quota: {quota!r} is outside (0, 1]; a quota is a share of one accelerator")
-    return quota
-
-
-def cpu_thread_share(quota: float, total_threads: int) -> int:
-    """Threads for a worker with `quota` of a CPU node: floor(quota * total_threads), at least 1.
-
-    Flooring keeps a group whose quotas sum to <= 1 within `total_threads` (except where the
-    at-least-one rule has to round a tiny quota up).
-    """
-    quota = _check_quota(quota)
-    if isinstance(total_threads, bool) or not isinstance(total_threads, int) or total_threads < 1:
-        raise ValueError(f"total_threads: {total_threads!r} must be an integer >= 1")
-    return max(1, math.floor(quota * total_threads + 1e-9))
 
 
 class MPSDaemon:
@@ -169,8 +151,8 @@ class MPSDaemon:
         {} while the daemon is not running (MPS unavailable, or not started): pointing a CUDA
         client at a pipe directory with no daemon behind it would not give it a quota.
         """
-        quota = _check_quota(quota)
+        quota = check_quota(quota)
         if not self.running:
             return {}
-        percentage = max(1, int(round(100 * quota)))  # MPS takes whole percentages >= 1
+        percentage = mps_percentage(quota)
         return {**self._env(), "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(percentage)}

@@ -2,13 +2,16 @@
 
 Bundles are `{"CPU": k, ACC: 1}` where ACC is "GPU" on GPU clusters and the custom resource
 "accelerator" on CPU machines (a stand-in, so the same placement logic runs without GPUs).
+Which roles a stage places where is the stage driver's; what share of a bundle's accelerator a
+role holds comes from `pool.shares` in the config. An actor placed with a GPU share is given
+that GPU by Ray and computes on it (`actors.device`).
 
-- `colocated` (default): ONE placement group of N bundles. Every bundle hosts a rollout actor
-  and a reward actor, bundle 0 also the learner, each with a fractional share of the bundle's
-  accelerator (overlapping assignment). The driver moves all N bundles through sample →
-  evaluate → update, so no bundle waits for another role's hardware.
-- `disaggregated` (the report's "before" picture): the same N bundles split into a rollout /
-  learner pool and a reward pool of `reward_bundles`, each role only ever using its own.
+- `colocated` (default): ONE placement group of N bundles. Every bundle hosts the stage's
+  roles (e.g. GRPO: a rollout actor, a reward actor and a learner per bundle), each with a
+  fractional share of the bundle's accelerator (overlapping assignment). The driver moves all N
+  bundles through its phases, so no bundle waits for another role's hardware.
+- `disaggregated` (the report's "before" picture): the same N bundles split into a main pool
+  and a reward pool of `reward_bundles`, each role only ever using its own.
 
 `PhaseTimeline` records, per step, when each bundle was busy in which phase, giving the
 utilisation = busy accelerator-seconds / (pool size × wall time).
@@ -28,11 +31,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from cluster.config import PoolConfig
 
 log = logging.getLogger("teleboost.pool")
-
-# Fractions of one bundle's accelerator each role holds; on a colocated bundle they sum to
-# <= 1 so Ray lets all of them live there at once.
-ROLE_SHARES = {"rollout": 0.3, "learner": 0.3, "reward": 0.2, "reward_worker": 0.04}
-
 
 def ensure_ray(num_accelerators: int = 1) -> None:
     """Connect to a running cluster (RAY_ADDRESS / `ray job submit`) or start a local one."""
@@ -57,12 +55,7 @@ class Pool:
             bundle[self.accelerator] = 1.0
         if cfg.placement == "colocated":
             sizes = {"main": cfg.num_bundles}
-        else:
-            if cfg.num_bundles < 2 or cfg.reward_bundles >= cfg.num_bundles:
-                raise ValueError(
-                    f"pool.placement=disaggregated needs num_bundles ({cfg.num_bundles}) > reward_bundles "
-                    f"({cfg.reward_bundles}) >= 1"
-                )
+        else:  # the config validated num_bundles > reward_bundles
             sizes = {"main": cfg.num_bundles - cfg.reward_bundles, "reward": cfg.reward_bundles}
         for name, size in sizes.items():
             self.groups[name] = placement_group([dict(bundle) for _ in range(size)], strategy="PACK")
@@ -86,16 +79,14 @@ class Pool:
         return None
 
     # -- where each role lives ---------------------------------------------------------------
-    def rollout_bundles(self) -> list[tuple[str, int]]:
+    def main_bundles(self) -> list[tuple[str, int]]:
+        """The bundles that sample and train (all of them when colocated)."""
         return [("main", i) for i in range(self._size("main"))]
 
     def reward_bundles(self) -> list[tuple[str, int]]:
         if "reward" in self.groups:
             return [("reward", i) for i in range(self._size("reward"))]
-        return self.rollout_bundles()
-
-    def learner_bundle(self) -> tuple[str, int]:
-        return ("main", 0)
+        return self.main_bundles()
 
     def all_bundles(self) -> list[tuple[str, int]]:
         return [(name, i) for name in self.groups for i in range(self._size(name))]
@@ -106,7 +97,7 @@ class Pool:
     def actor_options(self, role: str, bundle: tuple[str, int] = ("main", 0)) -> dict:
         """Ray options placing `role` on `bundle` with its fractional share of the accelerator."""
         group, index = bundle
-        share = ROLE_SHARES[role]
+        share = self.config.shares[role]
         options: dict = {
             "num_cpus": self.config.cpus_per_bundle * share,
             "scheduling_strategy": PlacementGroupSchedulingStrategy(

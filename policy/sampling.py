@@ -53,13 +53,19 @@ def sample_trajectories(
     decode: bool = True,
     keep_log_prob_maps: bool = False,
 ) -> Trajectories:
-    """Sample one video per prompt with the reverse SDE (noise_level=0: the deterministic ODE)."""
+    """Sample one video per prompt with the reverse SDE (noise_level=0: the deterministic ODE).
+
+    Runs on the policy's device; the initial noise is drawn on the host from `generator`, so a
+    seed gives the same rollout on any device. Returned tensors are on the host: they travel to
+    the reward and learner actors through Ray's object store.
+    """
     text_embeds = policy.encode_prompts(prompts)
+    device_text = text_embeds.to(policy.device)
     latent_shape = policy.latent_shape(*video_shape)
-    x = torch.randn((len(prompts), *latent_shape), generator=generator)
+    x = torch.randn((len(prompts), *latent_shape), generator=generator).to(policy.device)
     states, log_probs, log_prob_maps = [x], [], []
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        velocity = policy.velocity(x, sigma, text_embeds)
+        velocity = policy.velocity(x, sigma, device_text)
         x, log_prob, _, _ = sde_step_with_logprob(
             velocity, x, sigma, sigma_next, noise_level, generator=generator, per_element=keep_log_prob_maps
         )
@@ -72,10 +78,10 @@ def sample_trajectories(
     return Trajectories(
         prompts=list(prompts),
         text_embeds=text_embeds,
-        latents=torch.stack(states, dim=1),
-        log_probs=torch.stack(log_probs, dim=1),
-        sigmas=sigmas,
-        videos=(videos * 255).round().to(torch.uint8),
+        latents=torch.stack(states, dim=1).cpu(),
+        log_probs=torch.stack(log_probs, dim=1).cpu(),
+        sigmas=sigmas.cpu(),
+        videos=(videos * 255).round().to(torch.uint8).cpu(),
         noise_level=noise_level,
-        log_prob_maps=torch.stack(log_prob_maps, dim=1) if keep_log_prob_maps else None,
+        log_prob_maps=torch.stack(log_prob_maps, dim=1).cpu() if keep_log_prob_maps else None,
     )

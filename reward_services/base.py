@@ -8,8 +8,11 @@ interface, which is what makes their scores identical for identical inputs.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import zlib
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import torch
 
@@ -67,30 +70,64 @@ class Critic:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, Callable[..., Critic]] = {}
+# Built-in critics by name, imported only when built: naming a critic costs nothing until it is
+# used, and the table (not an import side effect) is the list of what exists.
+BUILTIN_CRITICS: dict[str, str] = {
+    "toy_judges": "reward_services.critics.toy:ToyJudges",
+    "vlm_judge": "reward_services.vlm_judge:VLMJudge",
+    "motion": "reward_services.critics.motion:MotionCritic",
+    "perceptual": "reward_services.critics.perceptual:PerceptualCritic",
+    "safety": "reward_services.critics.safety:SafetyGate",
+    "noisy_toy": "reward_services.critics.ablation:NoisyToyJudges",
+    "local_defect": "reward_services.critics.ablation:LocalDefect",
+    "stillness": "reward_services.critics.ablation:Stillness",
+    "coarse_smoothness": "reward_services.critics.ablation:CoarseSmoothness",
+}
+# User critics, added by `register_critic` when their module is imported (the HTTP server's
+# `extra_critic_modules`).
+_REGISTERED: dict[str, type[Critic]] = {}
 
 
 def register_critic(cls: type[Critic]) -> type[Critic]:
-    """Class decorator: make a critic buildable by its `name` from config."""
+    """Class decorator for user critics: make `cls` buildable by its `name` from config."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    _REGISTRY[cls.name] = cls
+    _REGISTERED[cls.name] = cls
     return cls
 
 
 def available_critics() -> list[str]:
-    _import_builtin_critics()
-    return sorted(_REGISTRY)
+    return sorted(set(BUILTIN_CRITICS) | set(_REGISTERED))
+
+
+def critic_class(name: str) -> type[Critic]:
+    """The class behind a critic name; an unknown name lists the known ones."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in BUILTIN_CRITICS:
+        raise KeyError(f"unknown critic {name!r}; available: {available_critics()}")
+    module, attribute = BUILTIN_CRITICS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def check_critic_options(name: str, options: dict) -> None:
+    """Raise ValueError naming the option if `options` do not fit the critic's constructor, so a
+    typo fails when the config is read, not in an actor's log."""
+    try:
+        inspect.signature(critic_class(name)).bind(**options)
+    except TypeError as err:
+        accepted = [p for p in inspect.signature(critic_class(name)).parameters if p != "self"]
+        raise ValueError(f"critic {name!r}: {err}; accepted options: {accepted}") from None
 
 
 def build_critic(name: str, **options) -> Critic:
-    """Build a registered critic; an unknown name lists the known ones."""
-    _import_builtin_critics()
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown critic {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**options)
+    """Build a critic by name, with torch's RNG seeded from the name while it is built.
 
-
-def _import_builtin_critics() -> None:
-    # Importing the package registers every built-in critic exactly once.
-    import reward_services.critics  # noqa: F401
+    Critics with randomly initialised weights (tests, benchmarks, a RAFT without weights) then
+    get the SAME weights in every process that builds them, so a score never depends on which
+    worker, or which schedule of the reward phase, computed it. The caller's RNG is untouched.
+    """
+    cls = critic_class(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(name.encode()))
+        return cls(**options)

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reward_services.base import Critic, CriticOutput, register_critic
+from reward_services.base import Critic, CriticOutput
 
 # ----------------------------------------------------------------------------------------------
 # Questions
@@ -533,7 +533,6 @@ def _torch_dtype(dtype: str | torch.dtype | None):
 # ----------------------------------------------------------------------------------------------
 
 
-@register_critic
 class VLMJudge(Critic):
     """Calibrated P(yes) per video for each requested question dimension (scores named by dimension).
 

@@ -547,3 +547,77 @@ class ProfileCache:
         if len(kept) != len(entries):
             self._save(kept)
         return len(entries) - len(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quota arithmetic: what a quota means on each device, and which quota a worker runs at.
+#
+# A worker may always use less than its quota, and sometimes should: on a busy CPU a critic can
+# run several times slower on all threads than on one (thread pools spin-waiting on taken
+# cores). So once an input shape is profiled, a worker allotted q runs at the measured quota
+# <= q that was fastest (`fastest_within`), and the planner is given that envelope
+# C~(q) = min_{q' <= q} C(q'), which is non-increasing as the planner assumes.
+# ---------------------------------------------------------------------------------------------
+
+# MPS fixes a process's quota when it creates its CUDA context, so each profiled quota costs a
+# worker process start (~10 s on an H200): four points keep profiling five critics near a minute.
+DEFAULT_CUDA_QUOTA_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+
+
+def check_quota(quota: float) -> float:
+    quota = float(quota)
+    if not (math.isfinite(quota) and 0.0 < quota <= 1.0):
+        raise ValueError(f"quota: {quota!r} is outside (0, 1]; a quota is a share of one accelerator")
+    return quota
+
+
+def cpu_thread_share(quota: float, total_threads: int) -> int:
+    """Threads for a worker with `quota` of a CPU node: floor(quota * total_threads), at least 1.
+
+    Flooring keeps a group whose quotas sum to <= 1 within `total_threads` (except where the
+    at-least-one rule has to round a tiny quota up).
+    """
+    quota = check_quota(quota)
+    if isinstance(total_threads, bool) or not isinstance(total_threads, int) or total_threads < 1:
+        raise ValueError(f"total_threads: {total_threads!r} must be an integer >= 1")
+    return max(1, math.floor(quota * total_threads + 1e-9))
+
+
+def cpu_quota_grid(total_threads: int) -> tuple[float, ...]:
+    """Quotas that give distinct thread counts on `total_threads` threads: k / total_threads.
+
+    Any other quota floors to one of these thread counts, so measuring them covers the grid.
+    On many-thread nodes only the counts `DEFAULT_QUOTA_GRID` maps to are kept, so profiling
+    stays a dozen measurements per worker.
+    """
+    threads = {cpu_thread_share(q, total_threads) for q in DEFAULT_QUOTA_GRID}
+    if total_threads <= len(DEFAULT_QUOTA_GRID):
+        threads = set(range(1, total_threads + 1))
+    return tuple(sorted(t / total_threads for t in threads))
+
+
+def mps_percentage(quota: float) -> int:
+    """The whole CUDA_MPS_ACTIVE_THREAD_PERCENTAGE for a quota (MPS takes integers >= 1)."""
+    return max(1, int(round(100 * check_quota(quota))))
+
+
+def fastest_within(profile: Mapping[float, float], quota: float) -> float:
+    """The measured quota <= `quota` with the least seconds (ties: the larger quota); `quota`
+    itself when nothing at or below it was measured.
+
+    A worker allotted `quota` may always use less of it, and on a CPU fewer threads can be much
+    faster (oversubscribed or spin-waiting thread pools): a worker runs at this quota instead.
+    """
+    within = [q for q in profile if q <= quota + QUOTA_SUM_TOLERANCE]
+    if not within:
+        return quota
+    return min(within, key=lambda q: (profile[q], -q))
+
+
+def fastest_within_envelope(profile: Mapping[float, float]) -> dict[float, float]:
+    """C~(q) = min over measured q' <= q of C(q'): the runtime a worker that runs at
+    `fastest_within(profile, q)` has when allotted q. Non-increasing in q by construction, which
+    is what the planner assumes (`schedulers.mps` otherwise reads a faster low quota as noise)."""
+    return {q: profile[fastest_within(profile, q)] for q in sorted(profile)}
+
+

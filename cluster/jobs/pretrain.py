@@ -124,10 +124,9 @@ def train_transformer(policy: VideoPolicy, world: ToyWorld, cfg, shift: float, s
 @torch.no_grad()
 def judge_policy(policy: VideoPolicy, config: TeleBoostConfig, prompts: list[str], seed: int) -> dict[str, float]:
     """Mean toy-judge scores of ODE samples (noise_level 0) for `prompts`."""
-    world = config.world
     sigmas = sampling_sigmas(config.sampling.num_steps, config.sampling.shift)
     trajectories = sample_trajectories(
-        policy, prompts, sigmas, 0.0, (world.num_frames, world.height, world.width), torch.Generator().manual_seed(seed)
+        policy, prompts, sigmas, 0.0, config.clip.shape, torch.Generator().manual_seed(seed)
     )
     scores = judge_all(trajectories.videos.float() / 255, prompts)
     return {name: round(value.mean().item(), 4) for name, value in scores.items()}
@@ -140,7 +139,7 @@ def pretrain(config: TeleBoostConfig) -> Path:
     if (out / DONE_MARKER).exists():
         log.info("base model cached at %s: %s", out, (out / DONE_MARKER).read_text())
         return out
-    world = ToyWorld(config.world.num_frames, config.world.height, config.world.width, kinds=config.world.kinds)
+    world = ToyWorld(*config.clip.shape, kinds=config.world.kinds)
     policy = build_policy("tiny", None, seed=config.seed)
     random_scores_policy = build_policy("tiny", None, seed=config.seed)
     eval_prompts = world.prompts(config.pretrain.eval_prompts, seed=config.seed + 99)

@@ -27,7 +27,7 @@ import hashlib
 
 import torch
 
-from reward_services.base import Critic, CriticOutput, register_critic
+from reward_services.base import Critic, CriticOutput
 from reward_services.critics.toy import TOY_SCORES
 from toyworld.judges import judge_all, judge_motion, judge_smoothness
 from toyworld.prompts import parse
@@ -48,7 +48,6 @@ def video_noise(videos: torch.Tensor, salt: int = 0) -> torch.Tensor:
     return torch.stack(draws) if draws else torch.zeros(0)
 
 
-@register_critic
 class NoisyToyJudges(Critic):
     """The toy judges, plus `noisy` = clean + noise_std * error on ambiguous prompts only.
 
@@ -116,7 +115,6 @@ def flicker_map(videos: torch.Tensor) -> torch.Tensor:
     return (videos[:, 1:-1] - 0.5 * (videos[:, :-2] + videos[:, 2:])).abs().mean(dim=-1)
 
 
-@register_critic
 class LocalDefect(Critic):
     """`stability` = exp(-flicker / scale) inside one small region; `score` blends it with the toy overall.
 
@@ -157,7 +155,6 @@ class LocalDefect(Critic):
         return CriticOutput(scores={"score": score, "stability": stability, "flicker": flicker, "overall": overall})
 
 
-@register_critic
 class Stillness(Critic):
     """`still` = the toy motion judge asked whether the content stays still, whatever the prompt says.
 
@@ -179,7 +176,6 @@ class Stillness(Critic):
         return CriticOutput(scores={"still": torch.nan_to_num(still, nan=0.0)})
 
 
-@register_critic
 class CoarseSmoothness(Critic):
     """`fidelity` = min(1, smoothness / threshold) + N(0, noise_std^2), noise seeded from the video.
 

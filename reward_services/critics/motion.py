@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from reward_services.base import Critic, CriticOutput, register_critic
+from reward_services.base import Critic, CriticOutput
 
 FLOW_BACKENDS = ("farneback", "raft")
 
@@ -99,7 +99,6 @@ def _to_gray_uint8(video: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(gray * 255.0), 0, 255).astype(np.uint8)
 
 
-@register_critic
 class MotionCritic(Critic):
     """Flow-based motion scores, each in [0, 1] with higher = better.
 

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from reward_services.base import Critic, CriticOutput, register_critic
+from reward_services.base import Critic, CriticOutput
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 # Immerkaer (1996) noise kernel: the difference of two Laplacians; it cancels
@@ -76,7 +76,6 @@ def block_discontinuity(gray: np.ndarray, block_size: int) -> float:
     return excess / (total + 1e-6)
 
 
-@register_critic
 class PerceptualCritic(Critic):
     """Four artifact scores in [0, 1], higher = better (cleaner).
 

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reward_services.base import Critic, CriticOutput, register_critic
+from reward_services.base import Critic, CriticOutput
 
 Classifier = Callable[[torch.Tensor, list], torch.Tensor]
 
@@ -122,7 +122,6 @@ def flashes_per_second(events: np.ndarray, fps: float, area_fraction: float) -> 
     return float(reached.max()) / 2.0
 
 
-@register_critic
 class SafetyGate(Critic):
     """Gate videos with hazardous flashing or flagged content.
 

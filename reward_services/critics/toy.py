@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from reward_services.base import Critic, CriticOutput, register_critic
+from reward_services.base import Critic, CriticOutput
 from toyworld.judges import judge_all
 
 TOY_SCORES = ("color", "shape", "motion", "smoothness", "count", "overall")
 
 
-@register_critic
 class ToyJudges(Critic):
     """Scores colour, shape, motion direction, count and smoothness from pixels against the prompt."""
 

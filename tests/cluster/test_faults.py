@@ -6,8 +6,8 @@ import pytest
 import ray
 import torch
 
-from actors.learner import PolicyLearner
-from cluster.grpo import GRPODriver
+from actors.learner import Learner, OptimizerSpec
+from cluster.grpo import GRPODriver, grpo_objective
 from policy.sampling import sample_trajectories
 from tests.cluster.test_grpo_integration import run_driver, tiny_config
 
@@ -41,27 +41,15 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous(ray_cluster, tmp_pa
     assert version == rollout_version == 2
 
 
-def test_non_finite_reward_groups_are_dropped_and_counted(tmp_path):
-    driver = GRPODriver(tiny_config(tmp_path))
-    from cluster.advantage import AdvantageEstimator
-
-    driver.estimator = AdvantageEstimator(driver.config)
-    rewards = {"overall": torch.tensor([[0.1, 0.5, 0.2, 0.9], [0.3, float("nan"), 0.2, 0.1]])}
-    kept = torch.isfinite(rewards["overall"]).all(dim=1)
-    advantages, weights, _ = driver.advantages(["a", "b"], rewards, kept)
-    assert torch.isfinite(advantages).all()
-    assert torch.equal(advantages[4:], torch.zeros(4)) and torch.equal(weights[4:], torch.zeros(4))
-    assert advantages[:4].abs().sum() > 0 and torch.equal(weights[:4], torch.ones(4))
-
-
 def test_learner_never_applies_a_non_finite_update():
     config = tiny_config("/tmp/unused")
-    learner = PolicyLearner(config)
+    learner = Learner(config.policy, OptimizerSpec(1e-3), grpo_objective(config.grpo))
     before, _ = learner.get_weights()
     sigmas = torch.linspace(1.0, 0.0, 5)
     trajectories = sample_trajectories(learner.policy, ["a red square moves left on a gray background"] * 4, sigmas, 0.7,
                                        (5, 24, 24), torch.Generator().manual_seed(0))
-    metrics = learner.update(torch.tensor([1.0, float("nan"), -1.0, 0.0]), 0, None, trajectories)
+    advantages = torch.tensor([[1.0, float("nan"), -1.0, 0.0]])
+    metrics = learner.update(0, [4], trajectories, advantages, torch.ones(1), advantages[0])
     after, _ = learner.get_weights()
     assert metrics["skipped_updates"] == 1 and metrics["optimizer_steps"] == 0
     assert all(torch.equal(before[k], after[k]) for k in before)

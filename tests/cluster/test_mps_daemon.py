@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from cluster.mps_daemon import MPSDaemon, cpu_thread_share, visible_gpu_count
+from cluster.mps_daemon import MPSDaemon, visible_gpu_count
+from schedulers.mps import cpu_thread_share
 
 
 def write_executable(path, text):

@@ -15,7 +15,7 @@ def config(run_dir, pool, rewards=None):
         "run_dir": str(run_dir),
         "policy": {"model_path": None},
         "sampling": {"num_steps": 4},
-        "world": {"num_frames": 5, "height": 24, "width": 24},
+        "clip": {"num_frames": 5, "height": 24, "width": 24},
         "pool": pool,
         "rewards": rewards or {},
         "grpo": {"steps": 1, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 4, "clip_range": 0.2, "eval_every": 0},
@@ -27,14 +27,16 @@ def test_both_placements_complete_a_step_with_a_timeline(ray_cluster, tmp_path, 
     records, _, version, rollout_version, _ = run_driver(config(tmp_path, {"num_bundles": 2, "placement": placement}))
     (record,) = records
     assert version == rollout_version == 1
-    assert record["update/optimizer_steps"] == 2  # 8 samples in minibatches of group_size 4
+    # colocated: a learner per bundle, each on its bundle's one group (one minibatch of 4);
+    # disaggregated: one main bundle, one learner, two groups in minibatches of group_size 4
+    assert record["update/optimizer_steps"] == (1 if placement == "colocated" else 2)
     assert 0 < record["utilisation"] <= 1.0
     assert record["seconds/sample"] > 0 and record["seconds/evaluate"] > 0 and record["seconds/update"] > 0
     (timeline,) = [json.loads(line) for line in (tmp_path / "timeline.jsonl").read_text().splitlines()]
     busy = {(i["phase"], i["bundle"]) for i in timeline["intervals"]}
-    if placement == "colocated":  # every bundle samples and evaluates; bundle 0 also updates
+    if placement == "colocated":  # every bundle samples, evaluates and (data-parallel) updates
         assert busy == {("sample", "main/0"), ("sample", "main/1"), ("evaluate", "main/0"),
-                        ("evaluate", "main/1"), ("update", "main/0")}
+                        ("evaluate", "main/1"), ("update", "main/0"), ("update", "main/1")}
     else:  # the reward pool only evaluates, the main pool never does
         assert busy == {("sample", "main/0"), ("evaluate", "reward/0"), ("update", "main/0")}
     phases = {i["phase"]: i for i in timeline["intervals"]}

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from actors.reward import RewardActor
-from cluster.config import CriticSpec, RewardsConfig
+from reward_services.config import CriticSpec, RewardsConfig
 from reward_services.http_app import ServerConfig
 from toyworld.world import ToyWorld
 

@@ -12,7 +12,7 @@ import pytest
 import ray
 import torch
 
-from actors.reward_workers import (
+from cluster.reward_group import (
     RewardWorkerGroup,
     cpu_quota_grid,
     fastest_within,
@@ -190,14 +190,14 @@ def test_worker_dying_mid_phase_is_restarted_and_only_its_call_redone(ray_cluste
 
 def test_workers_share_a_pool_bundle(ray_cluster, tmp_path, small):
     from cluster.config import PoolConfig
-    from cluster.pool import ROLE_SHARES, Pool
+    from cluster.pool import Pool
 
     videos, prompts = small
-    pool = Pool(PoolConfig(num_bundles=1, accelerator="accelerator"))
+    pool = Pool(PoolConfig(num_bundles=1, accelerator="accelerator", shares={"reward_worker": 0.05}))
     try:
         with RewardWorkerGroup(["safety", "perceptual"], pool=pool, run_dir=tmp_path) as workers:
             options = workers._actor_options(1.0)
-            assert options["resources"] == {"accelerator": ROLE_SHARES["reward_worker"]}
+            assert options["resources"] == {"accelerator": 0.05}  # the share comes from the config
             pool_default = pool.actor_options("reward_worker")["scheduling_strategy"]
             assert options["scheduling_strategy"].placement_group == pool_default.placement_group
             scores, timeline = workers.score(videos, prompts, plan=[{"safety": 0.5, "perceptual": 0.5}])

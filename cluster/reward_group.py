@@ -1,7 +1,7 @@
-"""Grouped joint reward: lightweight critics as separate worker processes run under quotas (report §6.1.2).
+"""Grouped joint reward: the driver-side group of reward workers (report §6.1.2).
 
-`RewardWorker` is one Ray actor per lightweight critic. `RewardWorkerGroup` is what the driver
-holds for the joint-reward phase:
+`RewardWorkerGroup` is what a driver holds for the joint-reward phase; each member is an
+`actors.reward_worker.RewardWorker` process running one lightweight critic:
 
 1. `profile()` times every worker alone at each quota of a grid, C_w(q) (median of repeats after a
    warm-up), and caches the result on disk (`run_dir/reward_profiles.json`, keyed by worker,
@@ -12,24 +12,19 @@ holds for the joint-reward phase:
    call is launched, then all are awaited), each member at its planned quota, and returns the scores
    with a wall-clock timeline of who ran when (for the pool's utilisation accounting).
 
-A worker may always use less than its quota, and sometimes should: on a busy CPU a critic can run
-several times slower on all threads than on one (thread pools spin-waiting on taken cores). So once
-an input shape is profiled, a worker allotted q runs at the measured quota <= q that was fastest
-(`fastest_within`), and the planner is given that envelope C~(q) = min_{q' <= q} C(q'), which is
-non-increasing as the planner assumes. `fastest_within_quota=False` turns this off.
+Once an input shape is profiled, a worker allotted q runs at the measured quota <= q that was
+fastest (`schedulers.mps.fastest_within`), and the planner sees that envelope;
+`fastest_within_quota=False` turns this off.
 
-What a quota is depends on the device:
-- CPU: the worker's share of the node's threads, `cpu_thread_share(quota, total_threads)`, applied
-  with `torch.set_num_threads` and `cv2.setNumThreads` before each call (`mps_status` "cpu-threads").
-- NVIDIA GPU: `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` under an MPS control daemon this group starts.
-  MPS reads the variable when the process creates its CUDA context, so a worker cannot change its
-  quota in place: the group replaces the worker process, with the new value in its Ray
-  `runtime_env`, whenever its planned quota changes (before the group's timed run starts). Workers
-  hold fractional, overlapping GPU shares (`num_gpus` < 1) so all of them live on one GPU. When MPS
-  cannot run (no binary, no GPU, daemon failed) the group falls back to plain concurrency: every
-  worker in ONE group, no enforced quota; `mps_status` says "fallback: <reason>", a warning is
-  logged and `metrics["mps_fallback"]` is 1. On GPUs the quota also sets the thread share, since
-  lightweight critics do part of their work on the CPU.
+On NVIDIA GPUs the quota is `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` under an MPS control daemon this
+group starts. MPS reads it when a process creates its CUDA context, so the group replaces a
+worker's process, with the new value in its Ray `runtime_env`, whenever its planned quota changes
+(before the group's timed run starts); profiling starts one process per (worker, quota) at once,
+so their start-ups (~10 s each) overlap, and times them one at a time. Workers hold fractional,
+overlapping GPU shares (`num_gpus` < 1) so all of them live on one GPU. When MPS cannot run (no
+binary, no GPU, daemon failed) the group falls back to plain concurrency: every worker in ONE
+group, no enforced quota; `mps_status` says "fallback: <reason>", a warning is logged and
+`metrics["mps_fallback"]` is 1. On CPU a quota is a thread share (`mps_status` "cpu-threads").
 
 Faults: workers are created with `max_restarts=-1` and no automatic task retry. A worker that dies
 mid-phase is restarted by Ray (or, if it is dead for good, replaced by the group) and only ITS call
@@ -37,9 +32,10 @@ of the current group is submitted again; results are collected per worker and ea
 is filled exactly once, so no sample is lost or counted twice. Every recovery is counted in
 `metrics["worker_restarts"]`.
 
-Supports: any registered critic (`reward_services.base.build_critic`), several workers of the same
-critic under distinct worker names, placement on a `cluster.pool.Pool` bundle with the
-"reward_worker" share, or explicit Ray options.
+Supports: any registered critic (`reward_services.base.build_critic`, seeded by name, so a
+randomly initialised critic scores the same in every process and under every schedule), several
+workers of the same critic under distinct worker names, placement on a `cluster.pool.Pool`
+bundle with the "reward_worker" share, or explicit Ray options.
 Does not: start MPS on other nodes (the daemon runs on the node of the process that builds the
 group, so on a multi-node cluster place the workers on that node's bundle), model interference
 between co-running workers beyond what the alone-profiles show (see `schedulers.mps`), or notice
@@ -52,7 +48,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,14 +57,19 @@ import ray
 import torch
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from cluster.mps_daemon import MPSDaemon, cpu_thread_share
-from cluster.pool import ROLE_SHARES
-from reward_services.base import available_critics, build_critic
+from actors.reward_worker import RewardWorker, WorkerRun
+from cluster.config import DEFAULT_SHARES
+from cluster.mps_daemon import MPSDaemon
+from reward_services.base import available_critics
 from schedulers.mps import (
-    DEFAULT_QUOTA_GRID,
+    DEFAULT_CUDA_QUOTA_GRID,
     QUOTA_SUM_TOLERANCE,
     ProfileCache,
     RewardPlan,
+    cpu_quota_grid,
+    fastest_within,
+    fastest_within_envelope,
+    mps_percentage,
     plan_reward_groups,
     runtime_at,
 )
@@ -78,184 +78,10 @@ log = logging.getLogger("teleboost.reward_workers")
 
 DEVICES = ("cpu", "cuda")
 PROFILE_CACHE_NAME = "reward_profiles.json"
-# MPS takes whole percentages; a coarse grid keeps GPU profiling (one process start per quota) short.
-DEFAULT_CUDA_QUOTA_GRID: tuple[float, ...] = (0.2, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0)
 # A failed call is tried this many times in all before the phase gives up.
 DEFAULT_MAX_ATTEMPTS = 3
 # How long a recovering worker may take to answer a ping before the group replaces it.
 DEFAULT_RECOVERY_SECONDS = 120.0
-
-
-def cpu_quota_grid(total_threads: int) -> tuple[float, ...]:
-    """Quotas that give distinct thread counts on `total_threads` threads: k / total_threads.
-
-    Any other quota floors to one of these thread counts, so measuring them covers the grid.
-    On many-thread nodes only the counts `DEFAULT_QUOTA_GRID` maps to are kept, so profiling
-    stays a dozen measurements per worker.
-    """
-    threads = {cpu_thread_share(q, total_threads) for q in DEFAULT_QUOTA_GRID}
-    if total_threads <= len(DEFAULT_QUOTA_GRID):
-        threads = set(range(1, total_threads + 1))
-    return tuple(sorted(t / total_threads for t in threads))
-
-
-def _mps_percentage(quota: float) -> int:
-    """The whole percentage `MPSDaemon.worker_env` gives a quota (MPS takes integers >= 1)."""
-    return max(1, int(round(100 * quota)))
-
-
-def fastest_within(profile: Mapping[float, float], quota: float) -> float:
-    """The measured quota <= `quota` with the least seconds (ties: the larger quota); `quota`
-    itself when nothing at or below it was measured.
-
-    A worker allotted `quota` may always use less of it, and on a CPU fewer threads can be much
-    faster (oversubscribed or spin-waiting thread pools): a worker runs at this quota instead.
-    """
-    within = [q for q in profile if q <= quota + QUOTA_SUM_TOLERANCE]
-    if not within:
-        return quota
-    return min(within, key=lambda q: (profile[q], -q))
-
-
-def fastest_within_envelope(profile: Mapping[float, float]) -> dict[float, float]:
-    """C~(q) = min over measured q' <= q of C(q'): the runtime a worker that runs at
-    `fastest_within(profile, q)` has when allotted q. Non-increasing in q by construction, which
-    is what the planner assumes (`schedulers.mps` otherwise reads a faster low quota as noise)."""
-    return {q: profile[fastest_within(profile, q)] for q in sorted(profile)}
-
-
-# ---------------------------------------------------------------------------------------------
-# One worker process
-# ---------------------------------------------------------------------------------------------
-
-
-class WorkerRun(NamedTuple):
-    """One scored batch: scores keyed "worker.score", wall-clock start/end (time.time()), pid."""
-
-    scores: dict[str, torch.Tensor]
-    start: float
-    end: float
-    pid: int
-
-
-class RewardWorker:
-    """One lightweight critic in its own process; scores are returned as {"worker.score": Tensor[B]}.
-
-    worker: the name that prefixes the score keys (the critic's name unless two workers share one).
-    critic, critic_options: what `build_critic` builds.
-    device: "cpu" or "cuda"; on "cuda" the process's MPS quota is fixed by the
-        CUDA_MPS_ACTIVE_THREAD_PERCENTAGE it was started with, and `set_quota` refuses another one.
-    total_threads: threads a quota of 1.0 means (default: this node's CPU count).
-    quota: the quota to start at.
-    _crash_on_call: failure injection for tests only — the process exits (os._exit(1)) on this
-        call number of `score` in its first incarnation; a restarted process never crashes again.
-    """
-
-    def __init__(
-        self,
-        worker: str,
-        critic: str,
-        critic_options: Mapping[str, Any] | None = None,
-        device: str = "cpu",
-        total_threads: int | None = None,
-        quota: float = 1.0,
-        _crash_on_call: int | None = None,
-    ):
-        if device not in DEVICES:
-            raise ValueError(f"device={device!r} is not one of {DEVICES}")
-        self.worker = worker
-        self.device = device
-        self.critic = build_critic(critic, **dict(critic_options or {}))
-        self.total_threads = int(total_threads or os.cpu_count() or 1)
-        percentage = os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE")
-        self.mps_percentage = int(percentage) if device == "cuda" and percentage else None
-        self.calls = 0
-        self._crash_on_call = _crash_on_call
-        self.quota = 1.0
-        self.set_quota(quota)
-
-    def set_quota(self, quota: float) -> dict:
-        """Apply `quota` as this process's thread share; returns {"quota", "threads", "mps_percentage", "pid"}."""
-        threads = cpu_thread_share(quota, self.total_threads)  # validates quota in (0, 1]
-        if self.mps_percentage is not None and _mps_percentage(quota) != self.mps_percentage:
-            raise ValueError(
-                f"quota={quota}: this worker joined MPS at CUDA_MPS_ACTIVE_THREAD_PERCENTAGE="
-                f"{self.mps_percentage}, which MPS reads only when the CUDA context is created; start a new "
-                f"worker with MPSDaemon.worker_env({quota}) instead"
-            )
-        import cv2  # the flow and perceptual critics run OpenCV; its pool must shrink with torch's
-
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
-        self.quota = float(quota)
-        return {"quota": self.quota, "threads": threads, "mps_percentage": self.mps_percentage, "pid": os.getpid()}
-
-    def score(self, videos: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """{"worker.score": Tensor[B]} for every score the critic returns (as `RewardActor.score`)."""
-        self.calls += 1
-        if self._crash_on_call is not None and self.calls == self._crash_on_call and not _reconstructed():
-            os._exit(1)
-        output = self.critic.score(videos, list(prompts))
-        return {f"{self.worker}.{key}": value.float() for key, value in output.scores.items()}
-
-    def run(self, videos: torch.Tensor, prompts: Sequence[str], quota: float) -> WorkerRun:
-        """`set_quota(quota)`, then `score`, timed with wall-clock stamps for the phase timeline."""
-        self.set_quota(quota)
-        start = time.time()
-        scores = self.score(videos, prompts)
-        return WorkerRun(scores, start, time.time(), os.getpid())
-
-    def profile(
-        self, videos: torch.Tensor, prompts: Sequence[str], quotas: Sequence[float], repeats: int = 3, warmup: int = 1
-    ) -> dict[float, float]:
-        """{quota: seconds}: median of `repeats` timed calls at each quota, after `warmup` calls.
-
-        Profiling calls the critic directly, so it does not count towards `_crash_on_call`.
-        The quota in force before the call is restored afterwards.
-        """
-        if repeats < 1:
-            raise ValueError(f"repeats={repeats} must be >= 1")
-        previous = self.quota
-        prompts = list(prompts)
-        for _ in range(warmup):
-            self.critic.score(videos, prompts)
-        seconds_by_quota: dict[float, float] = {}
-        try:
-            for quota in quotas:
-                self.set_quota(quota)
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    self.critic.score(videos, prompts)
-                    times.append(time.perf_counter() - start)
-                seconds_by_quota[float(quota)] = statistics.median(times)
-        finally:
-            self.set_quota(previous)
-        return seconds_by_quota
-
-    def device_name(self) -> str:
-        """What the profile cache calls this worker's device: "cpu:<N>threads" or "cuda:<GPU name>"."""
-        if self.device == "cuda" and torch.cuda.is_available():
-            return f"cuda:{torch.cuda.get_device_name()}"
-        if self.device == "cuda":
-            return "cuda:unavailable"
-        return f"cpu:{self.total_threads}threads"
-
-    def ping(self) -> int:
-        return os.getpid()
-
-
-def _reconstructed() -> bool:
-    """True in a process Ray restarted after a crash (False outside Ray)."""
-    try:
-        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
-    except Exception:  # not inside a Ray actor
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# The group the driver holds
-# ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -450,7 +276,7 @@ class RewardWorkerGroup:
 
     def _actor_options(self, quota: float) -> dict:
         if self._pool is None:
-            share = ROLE_SHARES["reward_worker"]
+            share = DEFAULT_SHARES["reward_worker"]
             options: dict = {"num_cpus": share}
             if self.device == "cuda":
                 options["num_gpus"] = share  # fractional: every worker fits on one GPU at once
@@ -470,24 +296,20 @@ class RewardWorkerGroup:
             options["runtime_env"] = env
         return options
 
-    def _create(self, name: str, quota: float, first: bool = False):
+    def _spawn(self, name: str, quota: float, first: bool = False):
+        """A new worker process for `name` at `quota` (not yet the group's member)."""
         spec = self.specs[name]
         worker_options = dict(spec.worker_options)
         if not first:
             worker_options.pop("_crash_on_call", None)  # injected failures happen once per worker
-        handle = (
+        return (
             ray.remote(RewardWorker)
             .options(**self._actor_options(quota))
-            .remote(
-                spec.worker,
-                spec.critic,
-                spec.options,
-                device=self.device,
-                total_threads=self.total_threads,
-                quota=quota,
-                **worker_options,
-            )
+            .remote(spec.worker, spec.critic, spec.options, total_threads=self.total_threads, quota=quota, **worker_options)
         )
+
+    def _create(self, name: str, quota: float, first: bool = False):
+        handle = self._spawn(name, quota, first)
         self._process_quota[name] = quota
         return handle
 
@@ -537,7 +359,7 @@ class RewardWorkerGroup:
             return
         replaced = []
         for name, quota in quota_by_worker.items():
-            if _mps_percentage(quota) != _mps_percentage(self._process_quota[name]):
+            if mps_percentage(quota) != mps_percentage(self._process_quota[name]):
                 self._replace(name, quota)
                 replaced.append(name)
         for name in replaced:
@@ -557,28 +379,44 @@ class RewardWorkerGroup:
         videos_ref = ray.put(videos)
         prompts = list(prompts)
         profiles: dict[str, dict[float, float]] = {}
+        to_measure = []
         for name in self.worker_names:
-            key = (name, shape, device_key)
-            cached = None if refresh else self.profile_cache.get(key)
+            cached = None if refresh else self.profile_cache.get((name, shape, device_key))
             if cached is not None and all(q in cached for q in quotas):
                 self.metrics["profile_cache_hits"] += 1
                 profiles[name] = {q: cached[q] for q in quotas}
-                continue
-            profiles[name] = self._measure(name, videos_ref, prompts, quotas)
-            self.profile_cache.put(key, profiles[name])
+            else:
+                to_measure.append(name)
+        started = time.perf_counter()
+        if self.uses_mps:
+            measured = self._measure_under_mps(to_measure, videos_ref, prompts, quotas)
+        else:
+            measured = {name: self._call(name, lambda h: h.profile.remote(videos_ref, prompts, list(quotas), self.repeats))
+                        for name in to_measure}
+        for name, profile in measured.items():
+            profiles[name] = profile
+            self.profile_cache.put((name, shape, device_key), profile)
             self.metrics["profile_measurements"] += 1
-            log.info("profiled reward worker %s on %s: %s", name, shape, profiles[name])
+            log.info("profiled reward worker %s on %s: %s", name, shape, profile)
+        if measured:
+            self.metrics["profile_seconds"] = time.perf_counter() - started
         self.profiles, self._profiled_shape = profiles, shape
         return profiles
 
-    def _measure(self, name: str, videos_ref, prompts: list[str], quotas) -> dict[float, float]:
-        if not self.uses_mps:
-            return self._call(name, lambda h: h.profile.remote(videos_ref, prompts, list(quotas), self.repeats))
-        profile = {}
-        for quota in quotas:  # one process per MPS percentage
-            self._set_process_quotas({name: quota})
-            profile.update(self._call(name, lambda h: h.profile.remote(videos_ref, prompts, [quota], self.repeats)))
-        return profile
+    def _measure_under_mps(self, names: list[str], videos_ref, prompts: list[str], quotas) -> dict[str, dict[float, float]]:
+        """Under MPS a quota is a process start (~10 s each): start one process per (worker,
+        quota) at once so the start-ups overlap, then time them one at a time (C_w(q) is the
+        time ALONE), then let them go. 5 workers x 4 quotas cost about one start-up, not twenty."""
+        probes = {(name, quota): self._spawn(name, quota) for name in names for quota in quotas}
+        profiles: dict[str, dict[float, float]] = {name: {} for name in names}
+        try:
+            ray.get([probe.ping.remote() for probe in probes.values()])
+            for (name, quota), probe in probes.items():
+                profiles[name].update(ray.get(probe.profile.remote(videos_ref, prompts, [quota], self.repeats)))
+        finally:
+            for probe in probes.values():
+                ray.kill(probe, no_restart=True)
+        return profiles
 
     def planning_profiles(self) -> dict[str, dict[float, float]]:
         """The profiles the planner sees: measured, or their `fastest_within_envelope`."""

@@ -1,0 +1,172 @@
+"""Stage objectives for the generic `Learner`: what one update computes, as optimizer steps.
+
+An objective turns a stage's batch into a sequence of optimizer steps; each step is a closure
+that runs the forward and backward passes of one minibatch and returns its statistics. The
+learner owns everything around it (device, precision, data-parallel sync, clipping, skipping
+non-finite steps, the optimizer), so a new stage adds an objective here and its math in
+`algorithms/`, not a learner.
+
+Data parallelism: every rank runs the same number of optimizer steps with the same number of
+backward calls (timesteps and epochs come from a generator seeded identically on every rank);
+each backward but the last of a step runs under `ctx.no_sync()`, so DDP all-reduces once per
+optimizer step; and each rank scales its loss by (local samples × world size / global samples),
+so the averaged gradient is exactly the gradient of the whole batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple, Protocol
+
+import torch
+
+from algorithms.flow_sde import sde_step_with_logprob
+from algorithms.grpo import SurrogateTerms, clipped_surrogate, reference_kl, select_train_timesteps
+from algorithms.vipo import map_weighted_log_prob
+from policy.psm import PerceptualStructuringModule
+from policy.sampling import Trajectories
+
+StepFn = Callable[[], dict[str, float]]
+
+
+class TrainContext(Protocol):
+    """What the learner lends an objective (see `actors.learner.Learner`)."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+
+    def velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
+
+    def reference_velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
+
+    def no_sync(self): ...
+
+
+def minibatch_splits(shard_sizes: list[int], rank: int, num_minibatches: int, generator: torch.Generator) -> list[tuple[torch.Tensor, float]]:
+    """This rank's minibatches as (local sample indices, loss scale), the k-th of every rank
+    forming the k-th global minibatch.
+
+    Local samples are shuffled with `generator` (seeded per rank) and split into
+    `num_minibatches` near-equal chunks; the scale n_local · world / n_global makes the DDP
+    average of per-rank means the mean over the global minibatch.
+    """
+    world = len(shard_sizes)
+    if min(shard_sizes) < num_minibatches:
+        raise ValueError(f"every learner needs >= {num_minibatches} samples (one per minibatch); shard sizes {shard_sizes}")
+    chunk_sizes = [[len(c) for c in torch.arange(n).tensor_split(num_minibatches)] for n in shard_sizes]
+    order = torch.randperm(shard_sizes[rank], generator=generator)
+    splits = []
+    for k, index in enumerate(order.tensor_split(num_minibatches)):
+        global_size = sum(sizes[k] for sizes in chunk_sizes)
+        splits.append((index, len(index) * world / global_size))
+    return splits
+
+
+@dataclass(frozen=True)
+class GRPOObjective:
+    """GRPO's update on flow-SDE rollouts (report §3.1): per optimizer step, a minibatch of this
+    rank's samples over a random subset of denoising steps, the PPO-clipped surrogate on per-step
+    log-probs (+ KL to the reference, + ViPO maps, report §3.2). The first inner step's ratio is
+    exactly 1: the learner recomputes the rollout's velocities with the same weights and precision.
+    """
+
+    group_size: int
+    clip_range: float
+    adv_clip_max: float = 5.0
+    kl_beta: float = 0.0
+    kl_form: str = "flow_grpo"
+    timestep_fraction: float = 1.0
+    inner_epochs: int = 1
+    num_minibatches: int | None = None  # None: one per prompt group of the smallest shard
+    vipo_lam: float = 0.0
+    vipo_map: str = "reward_aligned"
+    vipo_backbone: str = "pixel"
+    vipo_backbone_path: str | None = None
+    vipo_patch: int = 4
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_beta > 0
+
+    def optimizer_steps(
+        self, ctx: TrainContext, seed: int, shard_sizes: list[int], trajectories: Trajectories,
+        advantages: torch.Tensor, component_weights: torch.Tensor, combined: torch.Tensor,
+        sample_weights: torch.Tensor | None = None,
+    ) -> Iterator[StepFn]:
+        """This rank's shard: trajectories, per-objective advantages [N, B] weighted by
+        `component_weights` [N] in the loss (report eq. 5: one clipped surrogate per objective,
+        sharing the ratio), their combination Σ c_i A_i [B] (ViPO's reward-aligned maps only),
+        and BPGO's trust [N, B] or None."""
+        shared = torch.Generator().manual_seed(seed)  # identical on every rank: timesteps
+        local = torch.Generator().manual_seed(seed + 1_000_003 * (ctx.rank + 1))  # this rank's shuffles
+        num_minibatches = self.num_minibatches or min(shard_sizes) // self.group_size
+        maps = self._advantage_maps(trajectories, combined)
+        batch = _Batch(trajectories, advantages, component_weights, sample_weights)
+        num_steps = trajectories.log_probs.shape[1]
+        for _ in range(self.inner_epochs):
+            train_steps = select_train_timesteps(num_steps, self.timestep_fraction, shared)
+            for index, scale in minibatch_splits(shard_sizes, ctx.rank, num_minibatches, local):
+                yield lambda index=index, scale=scale, train_steps=train_steps: self._minibatch(
+                    ctx, batch, maps, index, scale, train_steps)
+
+    def _minibatch(self, ctx, batch, maps, index, scale, train_steps) -> dict[str, float]:
+        sums = dict.fromkeys(("loss", "kl", "clip_fraction", "ratio"), 0.0)
+        for position, j in enumerate(train_steps):
+            terms = self._step_terms(ctx, batch, maps, index, j)
+            last = position == len(train_steps) - 1
+            with ctx.no_sync() if not last else nullcontext():
+                (terms.loss * scale / len(train_steps)).backward()
+            for key, value in zip(sums, (terms.loss, terms.kl, terms.clip_fraction, terms.ratio_mean)):
+                sums[key] += value.item() / len(train_steps)
+        return sums
+
+    def _step_terms(self, ctx, batch, maps, index, j) -> SurrogateTerms:
+        device = ctx.device
+        trajectories = batch.trajectories
+        x = trajectories.latents[index, j].to(device)
+        prev = trajectories.latents[index, j + 1].to(device)
+        sigma, sigma_next = trajectories.sigmas[j], trajectories.sigmas[j + 1]
+        text = trajectories.text_embeds[index].to(device)
+        per_element = maps is not None
+        step = sde_step_with_logprob(ctx.velocity(x, sigma, text), x, sigma, sigma_next, trajectories.noise_level,
+                                     prev_sample=prev, per_element=per_element)
+        kl = None
+        if self.needs_reference:
+            with torch.no_grad():
+                ref_velocity = ctx.reference_velocity(x, sigma, text)
+            ref_mean = sde_step_with_logprob(ref_velocity, x, sigma, sigma_next, trajectories.noise_level, prev_sample=prev).mean
+            kl = reference_kl(step.mean, ref_mean, sigma, sigma_next, trajectories.noise_level, form=self.kl_form)
+        log_prob, old_log_prob = step.log_prob, trajectories.log_probs[index, j].to(device)
+        if per_element:  # ViPO: the map-weighted per-sample log-prob (report eq. 2)
+            sample_maps = maps[index].to(device)
+            log_prob = map_weighted_log_prob(step.log_prob, sample_maps)
+            old_log_prob = map_weighted_log_prob(trajectories.log_prob_maps[index, j].to(device), sample_maps)
+        weights = None if batch.sample_weights is None else batch.sample_weights[:, index].to(device)
+        return clipped_surrogate(log_prob, old_log_prob, batch.advantages[:, index].to(device), self.clip_range,
+                                 self.adv_clip_max, kl=kl, kl_beta=self.kl_beta, sample_weights=weights,
+                                 component_weights=batch.component_weights.to(device))
+
+    def _advantage_maps(self, trajectories: Trajectories, advantages: torch.Tensor) -> torch.Tensor | None:
+        """ViPO maps on the latent grid (report §3.2), or None when lam = 0 (plain GRPO exactly)."""
+        if self.vipo_lam == 0:
+            return None
+        psm = _psm(self.vipo_backbone, self.vipo_backbone_path, self.vipo_patch)
+        latent_thw = tuple(trajectories.latents.shape[-3:])
+        return psm.advantage_maps(trajectories.videos.float() / 255, self.group_size, self.vipo_lam, latent_thw,
+                                  advantages if self.vipo_map == "reward_aligned" else None)
+
+
+class _Batch(NamedTuple):
+    trajectories: Trajectories
+    advantages: torch.Tensor  # [N, B]
+    component_weights: torch.Tensor  # [N]
+    sample_weights: torch.Tensor | None  # [N, B]
+
+
+@functools.lru_cache(maxsize=2)
+def _psm(backbone: str, backbone_path: str | None, patch: int) -> PerceptualStructuringModule:
+    """The frozen ViPO backbone, built once per learner process (a DINOv2 load is not free)."""
+    return PerceptualStructuringModule(backbone, backbone_path, patch)
