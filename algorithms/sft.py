@@ -195,9 +195,7 @@ def _phase_correlation_peak(luma: torch.Tensor) -> torch.Tensor:
     """
     h, w = luma.shape[-2:]
     luma = luma - luma.mean(dim=(-2, -1), keepdim=True)
-    window = torch.outer(
-        torch.hann_window(h, periodic=False, device=luma.device), torch.hann_window(w, periodic=False, device=luma.device)
-    )
+    window = torch.outer(*(torch.hann_window(n, periodic=False, device=luma.device) for n in (h, w)))
     spectrum = torch.fft.fft2(luma * window)
     cross = spectrum[:, 1:] * spectrum[:, :-1].conj()
     correlation = torch.fft.ifft2(cross / cross.abs().clamp_min(1e-12)).real
@@ -212,7 +210,9 @@ def _phase_correlation_peak(luma: torch.Tensor) -> torch.Tensor:
 # Structure weights (§2.3).
 
 
-def structure_weights(signal: torch.Tensor, w_min: float = 0.5, w_max: float = 2.0, iterations: int = 64) -> torch.Tensor:
+def structure_weights(
+    signal: torch.Tensor, w_min: float = 0.5, w_max: float = 2.0, iterations: int = 64
+) -> torch.Tensor:
     """[B] loss weights w_i = clip(a·s_i, w_min, w_max) with the scale a such that mean(w) = 1.
 
     Proportional to the signal (a sample twice as distorted weighs twice as much) between the

@@ -123,7 +123,8 @@ class VideoFolder:
             self.errors.append(RowError(number, str(error)))
             return
         if frame_count < self.num_frames:
-            self.errors.append(RowError(number, f"{path.name} has {frame_count} frames, fewer than num_frames={self.num_frames}"))
+            reason = f"{path.name} has {frame_count} frames, fewer than num_frames={self.num_frames}"
+            self.errors.append(RowError(number, reason))
             return
         self.rows.append(VideoRow(number, path, row.caption, frame_count))
 
@@ -264,7 +265,9 @@ class MixedSource:
             toy = (world.num_frames, world.height, world.width)
             footage = (real.num_frames, real.height, real.width)
             if toy != footage:
-                raise ValueError(f"toy clips are (frames, height, width)={toy} but real clips {footage}; they must match")
+                raise ValueError(
+                    f"toy clips are (frames, height, width)={toy} but real clips {footage}; they must match"
+                )
         if real_flow not in ("none", "farneback", "raft"):
             raise ValueError(f"real_flow={real_flow!r} is not one of none, farneback, raft")
         self.batch_size, self.seed = batch_size, seed

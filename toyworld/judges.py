@@ -170,7 +170,8 @@ class _Foreground:
         return _Foreground(self.distance[index], self.peak[index], self.weight[index], self.mask[index])
 
     def frames(self, start: int, stop: int) -> "_Foreground":
-        return _Foreground(self.distance[:, start:stop], self.peak, self.weight[:, start:stop], self.mask[:, start:stop])
+        span = slice(start, stop)
+        return _Foreground(self.distance[:, span], self.peak, self.weight[:, span], self.mask[:, span])
 
 
 def _foreground(videos: torch.Tensor, specs: list[SceneSpec]) -> _Foreground:
@@ -333,8 +334,8 @@ def _shape_scores(specs, comps: _Components, height: int, width: int, layers: _L
         size = _object_size(spec, height, width)
         if spec.kind == "composition":
             n = layers.row[i]
-            fits = [_shape_fit(layers.comps, 2 * n + k, shape, size) for k, shape in enumerate((spec.shape, spec.other_shape))]
-            scores[i] = sum(fits) / 2
+            shapes = (spec.shape, spec.other_shape)
+            scores[i] = sum(_shape_fit(layers.comps, 2 * n + k, shape, size) for k, shape in enumerate(shapes)) / 2
         else:
             scores[i] = _shape_fit(comps, i, spec.shape, size)
     return scores

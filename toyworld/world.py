@@ -82,6 +82,7 @@ RELATIONS = ("left", "right", "above", "below")
 CORE_KINDS = ("object", "pan", "fluid")
 INSTRUCTION_KINDS = ("orbit", "order", "composition")
 KINDS = CORE_KINDS + INSTRUCTION_KINDS  # the one list of scene kinds (configs validate against it)
+_MOTIONS_OF_KIND = {"pan": PAN_DIRECTIONS, "orbit": ORBIT_DIRECTIONS, "order": PAN_DIRECTIONS, "composition": ("static",)}
 MAX_COUNT = 3
 FLUID_SHAPE = "circle"  # fixed, unused value carried by every fluid spec
 
@@ -136,8 +137,7 @@ class SceneSpec:
         _check("shape", self.shape, SHAPES)
         _check("color", self.color, COLORS)
         _check("background", self.background, BACKGROUNDS)
-        motions = {"pan": PAN_DIRECTIONS, "orbit": ORBIT_DIRECTIONS, "order": PAN_DIRECTIONS, "composition": ("static",)}
-        _check("motion", self.motion, motions.get(self.kind, MOTIONS))
+        _check("motion", self.motion, _MOTIONS_OF_KIND.get(self.kind, MOTIONS))
         if self.kind == "object":
             _check("count", self.count, range(1, MAX_COUNT + 1))
         else:
@@ -291,7 +291,9 @@ def shape_coverage(shape: str, x: np.ndarray, y: np.ndarray, cx, cy, size: float
     return np.clip(0.5 - _signed_distance(shape, x, y, cx, cy, size), 0.0, 1.0)
 
 
-def _compose(coverage: np.ndarray, color: str, background: str, shade: np.ndarray | None = None, others=()) -> torch.Tensor:
+def _compose(
+    coverage: np.ndarray, color: str, background: str, shade: np.ndarray | None = None, others=()
+) -> torch.Tensor:
     """coverage [T, H, W] in [0, 1] -> video [T, H, W, 3] float32.
 
     `shade` [T, H, W] in [0, 1] textures the background (orbits); `others` are more

@@ -87,8 +87,7 @@ def test_clips_are_sampled_evenly_resized_and_centre_cropped(folder):
     assert folder.load(1).shape == (9, 32, 32, 3)
 
 
-def test_raft_targets_need_torchvision_and_say_so(folder):
-    pytest.importorskip("cv2")
+def test_real_flow_targets_farneback_here_raft_needs_torchvision_and_says_so(folder):
     video = folder.load(0)
     flow = estimate_flow(video, "farneback")
     assert flow.shape == (8, 2, 32, 32) and torch.isfinite(flow).all()
