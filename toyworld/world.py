@@ -19,7 +19,7 @@ and three INSTRUCTION_KINDS, the instruction and control prompts of report §2.2
 event ordering, composition):
 
 - ``"orbit"`` — the camera orbits ``motion`` (left | right) around one object. The object stays
-  at the frame centre; the background, a low-contrast texture of the background colour (its
+  still, its centroid within half a pixel of the frame centre; the background, a low-contrast texture of the background colour (its
   distance to the flat colour stays below what the judges call foreground), moves WITH the camera
   by `pan_speed` whole pixels per frame: a camera that circles a fixated object sees points beyond
   the pivot move the way it travels (fixation parallax), which a flat 2-D layer behind a fixed
@@ -33,9 +33,10 @@ Videos are float32 tensors [T, H, W, 3] in [0, 1]. Pixel (row i, column j) has i
 x = j, y = i; flows are [T-1, 2, H, W] with channel 0 = x (+ right) and channel 1 = y (+ down),
 in pixels, FORWARD: frame t+1 at (x + u, y + v) equals frame t at (x, y). For pans and fluids
 the flow is exact (fluids up to RK4 integration error, ~1e-7 px; warping with bilinear sampling
-adds ~1 % interpolation error on the texture); for objects it is exact on the objects and the
-background, except where a moving object covers background in frame t + 1 (occlusion), and for
-orbits except on the object's anti-aliased rim and where background slides behind the object.
+adds ~1 % interpolation error on the texture); for objects and "order" scenes it is exact on the
+objects and the background, except where a moving object covers background in frame t + 1
+(occlusion); for orbits, except on the object's anti-aliased rim and where background slides
+behind the object; compositions stand still (zero flow).
 
 Structure (report §2.3): every clip whose background is rigid — all kinds but fluids — carries its
 global camera motion, `camera_shift` [T-1, 2] (px, (x, y): how far the background moves in the
