@@ -2,14 +2,15 @@
 
     python -m bench.dpo_memory [--quick] [--repeats 3] [--threads 1]
 
-Each mode (`algorithms.dpo.dpo_step`: standard, decoupled, sequential) runs in its OWN spawned
-process on the same Wan transformer (diffusers `WanTransformer3DModel`, few parameters, many
+Each mode (`algorithms.dpo.dpo_step`: standard, decoupled, sequential) runs in its OWN fresh
+process (forked from a server that imported torch and diffusers once) on the same Wan transformer (diffusers `WanTransformer3DModel`, few parameters, many
 tokens, so activations dominate) and the same batch, for equal and for unequal winner/loser
 lengths. Memory is the step's peak above the memory held before it: CUDA max_memory_allocated
 on a GPU; on CPU the peak RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS before
 the step, measured while glibc returns every block over 64 KiB to the OS at once. Time is
 measured in later steps with glibc caching freed memory instead, as PyTorch's CUDA allocator
-does, so neither mode pays page faults the other does not.
+does, so neither mode pays page faults the other does not: wall seconds on a GPU, the process's
+CPU seconds on CPU (the work done, unaffected by other jobs on a shared machine).
 
 Report §6.2 claims decoupled backpropagation brings peak memory from O(L_w + L_l) to
 O(max(L_w, L_l)) with zero computational overhead. A claim is judged held when the measured
@@ -19,10 +20,10 @@ memory ratio to standard lies closer to max/(sum) than to 1, and when time is wi
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import copy
 import ctypes
 import gc
+import itertools
 import multiprocessing
 import re
 import statistics
@@ -91,6 +92,8 @@ class PeakMeter:
             with open("/proc/self/clear_refs", "w") as handle:
                 handle.write("5")  # resets VmHWM to the current RSS
             self.base = _rss_kib("VmRSS") * 1024
+            if _rss_kib("VmHWM") * 1024 > self.base + 2**20:
+                raise RuntimeError("writing 5 to /proc/self/clear_refs did not reset VmHWM; this kernel cannot measure a step's peak")
 
     def peak_bytes(self) -> int:
         if self.device.type == "cuda":
@@ -99,8 +102,9 @@ class PeakMeter:
         return _rss_kib("VmHWM") * 1024 - self.base
 
 
-def measure_mode(mode: str, setup: Setup, repeats: int, threads: int) -> dict[str, dict[str, float]]:
-    """In a fresh process: peak bytes and median seconds of `mode` for each length setting."""
+def serve_mode(connection, mode: str, setup: Setup, threads: int) -> None:
+    """A mode's own process: build the model and batches, then answer ("memory" | "time", lengths)
+    requests with the peak bytes or seconds of one step, until it receives None."""
     from diffusers import WanTransformer3DModel
 
     from algorithms.dpo import dpo_step, make_preference_batch
@@ -136,42 +140,64 @@ def measure_mode(mode: str, setup: Setup, repeats: int, threads: int) -> dict[st
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    meter, results = PeakMeter(device), {name: {} for name in batches}
-    if device.type == "cpu":
-        glibc_returns_memory(at_once=True)
-    for name in batches:
-        step(name)  # warm-up; allocates .grad
-        peaks = []
-        for _ in range(repeats):
+    meter, caching, warmed = PeakMeter(device), None, set()
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    while (request := connection.recv()) is not None:
+        kind, name = request
+        if device.type == "cpu" and caching != (kind == "time"):
+            caching = kind == "time"
+            glibc_returns_memory(at_once=not caching)
+        if (kind, name) not in warmed:  # .grad, lazy state and (when timing) the cached heap
+            step(name)
+            warmed.add((kind, name))
+        if kind == "memory":
             meter.start()
             step(name)
-            peaks.append(meter.peak_bytes())
-        results[name]["peak_bytes"] = max(peaks)
-    if device.type == "cpu":
-        glibc_returns_memory(at_once=False)
-    for name in batches:
-        step(name)  # warm-up of the cached heap
-        seconds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
+            connection.send(meter.peak_bytes())
+        else:
+            started = clock()
             step(name)
-            seconds.append(time.perf_counter() - started)
-        results[name]["step_seconds"] = statistics.median(seconds)
-    results["device"] = str(device)
-    return results
+            connection.send(clock() - started)
 
 
 # -- the parent --------------------------------------------------------------------------------
 def run(setup: Setup, repeats: int, threads: int) -> dict[str, dict]:
-    # A fork server that has imported torch and diffusers once starts each mode's fresh process;
+    """Peak bytes and median step seconds per mode and lengths, plus the device.
+
+    The three processes stay alive, idle unless asked, and are timed in interleaved rounds, so a
+    load change on a shared machine touches every mode alike.
+    """
+    # A fork server that imported torch and diffusers once starts each mode's fresh process;
     # plain spawn would pay the ~4 s import three times.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch", "diffusers.models.transformers.transformer_wan", "algorithms.dpo"])
-    results = {}
-    for mode in MODES:  # one after another: they share the cores and must not disturb each other's timing
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            results[mode] = pool.submit(measure_mode, mode, setup, repeats, threads).result()
-    return results
+    connections, processes = {}, []
+    try:
+        for mode in MODES:
+            connections[mode], child = context.Pipe()
+            processes.append(context.Process(target=serve_mode, args=(child, mode, setup, threads), daemon=True))
+            processes[-1].start()
+
+        def ask(mode: str, kind: str, name: str) -> float:
+            connections[mode].send((kind, name))
+            return connections[mode].recv()
+
+        results = {mode: {name: {} for name in lengths(setup)} for mode in MODES}
+        for mode, name in itertools.product(MODES, lengths(setup)):
+            results[mode][name]["peak_bytes"] = ask(mode, "memory", name)
+        seconds = {key: [] for key in itertools.product(MODES, lengths(setup))}
+        for _ in range(repeats):
+            for name, mode in itertools.product(lengths(setup), MODES):
+                seconds[mode, name].append(ask(mode, "time", name))
+        for (mode, name), values in seconds.items():
+            results[mode][name]["step_seconds"] = statistics.median(values)
+        results["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        return results
+    finally:
+        for connection in connections.values():
+            connection.send(None)
+        for process in processes:
+            process.join()
 
 
 def verdicts(results: dict, setup: Setup) -> list[str]:
@@ -194,16 +220,17 @@ def verdicts(results: dict, setup: Setup) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a small model and one repeat (seconds; used by tests)")
+    parser.add_argument("--quick", action="store_true", help="a small model (seconds; used by tests)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    setup, repeats = (QUICK, 1) if args.quick else (FULL, args.repeats)
+    setup, repeats = (QUICK, 3) if args.quick else (FULL, args.repeats)
     results = run(setup, repeats, args.threads)
     tokens = setup.size**2 // 4
-    print(f"\nDiffusion-DPO step on {results['standard']['device']}: Wan transformer {setup.layers} layers x "
+    print(f"\nDiffusion-DPO step on {results['device']}: Wan transformer {setup.layers} layers x "
           f"dim {setup.heads * setup.head_dim}, batch {setup.batch}, {tokens} tokens per latent frame, {repeats} repeat(s)")
-    print(f"{'lengths':<16} {'mode':<11} {'peak MiB':>9} {'x standard':>10} {'step s':>8} {'x standard':>10}")
+    print(f"{'lengths':<16} {'mode':<11} {'peak MiB':>9} {'x standard':>10} {'step s':>8} {'x standard':>10}"
+          f"   (step s: {'wall' if results['device'] == 'cuda' else 'CPU'} seconds)")
     for name, (frames_w, frames_l) in lengths(setup).items():
         base = results["standard"][name]
         for mode in MODES:
