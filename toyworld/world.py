@@ -83,7 +83,9 @@ RELATIONS = ("left", "right", "above", "below")
 CORE_KINDS = ("object", "pan", "fluid")
 INSTRUCTION_KINDS = ("orbit", "order", "composition")
 KINDS = CORE_KINDS + INSTRUCTION_KINDS  # the one list of scene kinds (configs validate against it)
-_MOTIONS_OF_KIND = {"pan": PAN_DIRECTIONS, "orbit": ORBIT_DIRECTIONS, "order": PAN_DIRECTIONS, "composition": ("static",)}
+_MOTIONS_OF_KIND = {  # kinds not listed take any of MOTIONS
+    "pan": PAN_DIRECTIONS, "orbit": ORBIT_DIRECTIONS, "order": PAN_DIRECTIONS, "composition": ("static",),
+}
 MAX_COUNT = 3
 FLUID_SHAPE = "circle"  # fixed, unused value carried by every fluid spec
 
