@@ -3,9 +3,10 @@
     python -m bench.dpo_memory [--quick] [--repeats 3] [--threads 1]
 
 Each mode (`algorithms.dpo.dpo_step`: standard, decoupled, sequential) runs in its OWN fresh
-process (forked from a server that imported torch and diffusers once) on the same Wan transformer (diffusers `WanTransformer3DModel`, few parameters, many
-tokens, so activations dominate) and the same batch, for equal and for unequal winner/loser
-lengths. Memory is the step's peak above the memory held before it: CUDA max_memory_allocated
+process (forked from a server that imported torch and diffusers once) on the same Wan transformer
+(diffusers `WanTransformer3DModel`, few parameters, many tokens, so activations dominate) and the
+same batch, for equal and for unequal winner/loser lengths. The processes stay up and are timed
+in interleaved rounds, so a load change on a shared machine touches every mode alike. Memory is the step's peak above the memory held before it: CUDA max_memory_allocated
 on a GPU; on CPU the peak RSS (VmHWM, reset through /proc/self/clear_refs) minus the RSS before
 the step, measured while glibc returns every block over 64 KiB to the OS at once. Time is
 measured in later steps with glibc caching freed memory instead, as PyTorch's CUDA allocator
@@ -32,7 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-MODES = ("standard", "decoupled", "sequential")
+from algorithms.dpo import MODES, dpo_step, make_preference_batch
+
 TIME_TOLERANCE = 0.10
 
 
@@ -107,8 +109,6 @@ def serve_mode(connection, mode: str, setup: Setup, threads: int) -> None:
     requests with the peak bytes or seconds of one step, until it receives None."""
     from diffusers import WanTransformer3DModel
 
-    from algorithms.dpo import dpo_step, make_preference_batch
-
     torch.set_num_threads(threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -162,11 +162,7 @@ def serve_mode(connection, mode: str, setup: Setup, threads: int) -> None:
 
 # -- the parent --------------------------------------------------------------------------------
 def run(setup: Setup, repeats: int, threads: int) -> dict[str, dict]:
-    """Peak bytes and median step seconds per mode and lengths, plus the device.
-
-    The three processes stay alive, idle unless asked, and are timed in interleaved rounds, so a
-    load change on a shared machine touches every mode alike.
-    """
+    """Peak bytes and median step seconds per mode and lengths, plus the device."""
     # A fork server that imported torch and diffusers once starts each mode's fresh process;
     # plain spawn would pay the ~4 s import three times.
     context = multiprocessing.get_context("forkserver")

@@ -19,7 +19,6 @@ reversal, local shuffling, freezing) and human pairs (`import_human_pairs` from 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
