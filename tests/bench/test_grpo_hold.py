@@ -1,0 +1,43 @@
+"""bench/grpo_hold.py measures what it says: the drop below the running best, the run summary,
+and the diagnostics' formulas, on scripted inputs."""
+
+import math
+
+import pytest
+import torch
+
+from bench import grpo_hold
+
+
+def test_max_drop_below_running_best():
+    assert grpo_hold.max_drop_below_best([0.1, 0.2, 0.3]) == 0.0  # never below its best
+    # best 0.2 at step 2, then 0.15: 25 % below; the later 0.19 is only 5 % below
+    assert grpo_hold.max_drop_below_best([0.1, 0.2, 0.15, 0.19]) == pytest.approx(0.25)
+    # a new best resets the reference: 0.3 → 0.27 is 10 %, the earlier 0.2 → 0.19 only 5 %
+    assert grpo_hold.max_drop_below_best([0.2, 0.19, 0.3, 0.27]) == pytest.approx(0.1)
+    assert grpo_hold.max_drop_below_best([0.2]) == 0.0
+
+
+def test_summary_reads_the_eval_records_only():
+    records = [{"step": 0, "eval_reward": 0.15}]
+    records += [{"step": s, "reward_mean": 0.1, **({"eval_reward": v} if v is not None else {})}
+                for s, v in [(1, None), (5, 0.2), (6, None), (10, 0.22), (15, 0.11)]]
+    s = grpo_hold.summary(records)
+    assert s == {"eval_start": 0.15, "eval_peak": 0.22, "peak_step": 10.0, "eval_final": 0.11,
+                 "max_drop": pytest.approx(0.5)}
+    lines = grpo_hold.report_lines({0: records}, "cmd")
+    assert "| 0 | 0.150 | 0.220 (10) | 0.110 | 50.0% |" in lines
+
+
+def test_group_pixel_std():
+    same = torch.full((2, 3, 4, 4, 3), 128, dtype=torch.uint8).repeat(2, 1, 1, 1, 1)  # 2 groups of 2 identical
+    assert grpo_hold.group_pixel_std(same, group_size=2) == 0.0
+    videos = torch.zeros((2, 1, 1, 1, 3), dtype=torch.uint8)
+    videos[1] = 255  # one group: a black and a white video → std 0.5 at every pixel
+    assert grpo_hold.group_pixel_std(videos, group_size=2) == pytest.approx(0.5)
+
+
+def test_flat_weights_order_is_by_name():
+    state = {"b": torch.tensor([3.0]), "a": torch.tensor([[1.0, 2.0]])}
+    assert grpo_hold.flat_weights(state).tolist() == [1.0, 2.0, 3.0]
+    assert math.isclose(grpo_hold.flat_weights(state).norm().item(), math.sqrt(14))
