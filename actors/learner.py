@@ -86,7 +86,7 @@ class Learner(PhaseMember, CrashOnRequest):
 
     def no_sync(self):
         """Accumulate gradients without all-reducing them (every backward but a step's last)."""
-        return self.model.no_sync() if self.world_size > 1 else nullcontext()
+        return self.model.no_sync() if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
 
     # -- what objectives call ---------------------------------------------------------------
     def velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from reward_services.critics.motion import _load_raft, _raft_flow, farneback_flow
+from reward_services.critics.motion import load_raft, raft_flow, farneback_flow
 from toyworld.world import ToyClip, ToyWorld
 
 FlowBackend = Literal["none", "farneback", "raft"]
@@ -163,7 +163,7 @@ class VideoFolder:
 
 @lru_cache(maxsize=1)
 def _raft_model():
-    return _load_raft(pretrained=True, device="cpu")
+    return load_raft(pretrained=True, device="cpu")
 
 
 def estimate_flow(video: torch.Tensor, backend: Literal["farneback", "raft"] = "farneback") -> torch.Tensor:
@@ -178,7 +178,7 @@ def estimate_flow(video: torch.Tensor, backend: Literal["farneback", "raft"] = "
         gray = np.stack([cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in frames])
         return torch.from_numpy(farneback_flow(gray))
     if backend == "raft":
-        return torch.from_numpy(_raft_flow(_raft_model(), video.numpy(), "cpu"))
+        return torch.from_numpy(raft_flow(_raft_model(), video.numpy(), "cpu"))
     raise ValueError(f"flow backend {backend!r} is not one of farneback, raft")
 
 

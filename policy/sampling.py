@@ -24,6 +24,15 @@ class Trajectories:
     weights_version: int = -1
     log_prob_maps: torch.Tensor | None = None  # [B, S, C, T', H', W'] per-element, kept for ViPO
 
+    def shard(self, start: int, stop: int) -> "Trajectories":
+        """Samples [start, stop) as their own batch (one learner's share of a step)."""
+        return Trajectories(
+            prompts=self.prompts[start:stop], text_embeds=self.text_embeds[start:stop], latents=self.latents[start:stop],
+            log_probs=self.log_probs[start:stop], sigmas=self.sigmas, videos=self.videos[start:stop],
+            noise_level=self.noise_level, weights_version=self.weights_version,
+            log_prob_maps=None if self.log_prob_maps is None else self.log_prob_maps[start:stop],
+        )
+
     @classmethod
     def concat(cls, shards: list["Trajectories"]) -> "Trajectories":
         """Join rollouts sampled on several bundles, in order, into one batch."""

@@ -162,10 +162,13 @@ class VideoPolicy(nn.Module):
         self._text_cache: dict[str, torch.Tensor] = {}
 
     def place(self, device: torch.device | str) -> "VideoPolicy":
-        """Transformer and VAE to `device`; the text encoder stays on the host (see the class docstring)."""
+        """Transformer, VAE (and an attached motion branch) to `device`; the text encoder stays
+        on the host (see the class docstring)."""
         self.device = torch.device(device)
         self.transformer.to(self.device)
         self.vae.to(self.device)
+        if getattr(self, "motion_branch", None) is not None:  # fused into the decoder (policy.motion_branch)
+            self.motion_branch.to(self.device)
         return self
 
     def autocast(self):

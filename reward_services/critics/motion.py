@@ -188,13 +188,13 @@ class MotionCritic(Critic):
         self.time_dead_zone = time_dead_zone
         self.device = device
         self.farneback_overrides = dict(farneback_overrides or {})
-        self._raft = _load_raft(raft_pretrained, device) if flow_backend == "raft" else None
+        self._raft = load_raft(raft_pretrained, device) if flow_backend == "raft" else None
 
     # ------------------------------------------------------------------ flow
     def _flows(self, video: np.ndarray) -> np.ndarray:
         """[T, h, w, 3] float video at analysis size -> [T-1, 2, h, w] flow."""
         if self._raft is not None:
-            return _raft_flow(self._raft, video, self.device)
+            return raft_flow(self._raft, video, self.device)
         return farneback_flow(_to_gray_uint8(video), **self.farneback_overrides)
 
     def _analysis_video(self, video: np.ndarray) -> tuple[np.ndarray, float]:
@@ -305,7 +305,7 @@ class MotionCritic(Critic):
         return best
 
 
-def _load_raft(pretrained: bool, device: str):
+def load_raft(pretrained: bool, device: str):
     try:
         from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
     except ImportError as error:
@@ -318,7 +318,7 @@ def _load_raft(pretrained: bool, device: str):
 
 
 @torch.no_grad()
-def _raft_flow(model, video: np.ndarray, device: str, pairs_per_batch: int = 8) -> np.ndarray:
+def raft_flow(model, video: np.ndarray, device: str, pairs_per_batch: int = 8) -> np.ndarray:
     """[T, H, W, 3] float in [0, 1] -> [T-1, 2, H, W] flow from torchvision RAFT."""
     frames = torch.from_numpy(np.ascontiguousarray(video)).permute(0, 3, 1, 2).float() * 2.0 - 1.0
     height, width = frames.shape[-2:]

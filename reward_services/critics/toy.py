@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from reward_services.base import Critic, CriticOutput
-from toyworld.judges import judge_all
+from toyworld.judges import JUDGES, judge_all
 
-TOY_SCORES = ("color", "shape", "motion", "smoothness", "count", "overall")
+TOY_SCORES = (*JUDGES, "overall")
 
 
 class ToyJudges(Critic):
