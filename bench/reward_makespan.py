@@ -62,7 +62,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--size", type=int, default=48, help="frame height and width in pixels")
+    parser.add_argument("--size", type=int, default=None,
+                        help="frame height and width in pixels (default 48 on cpu, 128 on cuda: RAFT needs >= 128)")
     parser.add_argument("--rounds", type=int, default=5, help="timed phases of each kind (median)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per quota when profiling (median)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="num_cpus for the local Ray")
@@ -75,7 +76,8 @@ def main(argv=None) -> None:
     # address="local": always a fresh Ray of our own, never a cluster someone else started here.
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
-        clips = ToyWorld(num_frames=args.frames, height=args.size, width=args.size).sample(args.batch, seed=0)
+        size = args.size or (128 if args.device == "cuda" else 48)
+        clips = ToyWorld(num_frames=args.frames, height=size, width=size).sample(args.batch, seed=0)
         videos = torch.stack([clip.video for clip in clips])
         prompts = [clip.prompt for clip in clips]
         specs = CPU_WORKERS if args.device == "cpu" else cuda_workers(args.raft_pretrained)

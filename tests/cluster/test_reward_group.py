@@ -276,7 +276,7 @@ def test_real_mps_on_gpu(ray_cluster, tmp_path):
         pytest.skip("needs an NVIDIA GPU with nvidia-smi and nvidia-cuda-mps-control")
     if ray.cluster_resources().get("GPU", 0) < 1:
         pytest.skip("the session's Ray cluster has no GPU resource")
-    videos, prompts = batch(4, 9, 32)
+    videos, prompts = batch(4, 9, 128)  # torchvision's RAFT needs frames of at least 128 px
     specs = [{"worker": "motion_raft", "critic": "motion", "options": {"flow_backend": "raft", "raft_pretrained": False, "device": "cuda"}}, "safety"]
     with RewardWorkerGroup(specs, run_dir=tmp_path, device="cuda", repeats=1) as workers:
         assert workers.mps_status == "mps"
