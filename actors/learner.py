@@ -51,16 +51,21 @@ class Learner(PhaseMember, CrashOnRequest):
     def __init__(self, policy, optimizer: OptimizerSpec, objective, seed: int = 0, rank: int = 0, world_size: int = 1):
         torch.set_num_threads(policy.torch_threads)
         self.device = assigned_device()
-        self.policy, self.params = load_policy(policy, seed=seed, device=self.device)
+        self.policy, params = load_policy(policy, seed=seed, device=self.device)
         self.lora = policy.trainable == "lora"
         self.objective = objective
+        prepare = getattr(objective, "prepare", None)  # e.g. SFT attaches trainable decoder-level modules
+        self.params = prepare(self.policy, params) if prepare else params
         self.reference = None
         if objective.needs_reference and not self.lora:
             self.reference = copy.deepcopy(self.policy.transformer).requires_grad_(False).eval()
         self.optimizer_spec = optimizer
         self.optimizer = torch.optim.AdamW(self.params, lr=optimizer.learning_rate, weight_decay=optimizer.weight_decay)
-        self.offloader = Offloader(self.device).manage(self.policy.transformer, self.policy.vae, self.reference, self.optimizer)
-        self.model: torch.nn.Module = self.policy.transformer  # the DDP wrapper once data-parallel
+        self.offloader = Offloader(self.device).manage(self.policy.transformer, self.policy.vae,
+                                                       getattr(self.policy, "motion_branch", None), self.reference, self.optimizer)
+        trained_module = getattr(objective, "trained_module", None)
+        # what DDP wraps and objectives call: the transformer, or the stage's own forward module
+        self.model: torch.nn.Module = trained_module(self.policy) if trained_module else self.policy.transformer
         self.rank, self.world_size = rank, world_size
         self.version = 0
 
@@ -81,7 +86,7 @@ class Learner(PhaseMember, CrashOnRequest):
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         dist.init_process_group(backend, init_method=address, rank=self.rank, world_size=self.world_size)
         device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
-        self.model = torch.nn.parallel.DistributedDataParallel(self.policy.transformer, device_ids=device_ids)
+        self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         return self.rank
 
     def no_sync(self):

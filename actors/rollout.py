@@ -33,7 +33,7 @@ class RolloutActor(PhaseMember, CrashOnRequest):
         self.noise_level = sampling.noise_level
         self.clip_shape = clip.shape
         self.keep_log_prob_maps = keep_log_prob_maps
-        self.offloader = Offloader(self.device).manage(self.policy.transformer, self.policy.vae)
+        self.offloader = Offloader(self.device).manage(self.policy.transformer, self.policy.vae, getattr(self.policy, "motion_branch", None))
         self.weights_version = 0
 
     def set_weights(self, state: dict[str, torch.Tensor], version: int) -> int:

@@ -25,6 +25,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"kinds must name some of {list(KINDS)}, got unknown {unknown or 'none'}")
+    return kinds
+
+
 class WorldConfig(Section):
     """Which toy-world scene kinds training prompts come from (`toyworld.world.KINDS`)."""
 
@@ -33,10 +40,7 @@ class WorldConfig(Section):
     @field_validator("kinds")
     @classmethod
     def _known_kinds(cls, kinds):
-        unknown = [kind for kind in kinds if kind not in KINDS]
-        if not kinds or unknown:
-            raise ValueError(f"world.kinds must name some of {list(KINDS)}, got unknown {unknown or 'none'}")
-        return kinds
+        return known_kinds(kinds)
 
 
 class PromptsConfig(Section):
@@ -173,6 +177,59 @@ class SelfPacedConfig(Section):
     floor: float = Field(0.1, ge=0, lt=1)
 
 
+class SFTStructureConfig(Section):
+    """Structure-aware loss reweighting (report §2.3): weights ∝ the background warping error of
+    the model's one-step prediction, mean 1, clipped to [w_min, w_max]."""
+
+    enabled: bool = True
+    w_min: float = Field(0.5, gt=0, le=1)
+    w_max: float = Field(2.0, ge=1)
+
+
+class SFTPhysicsConfig(Section):
+    """Physics-aware SFT (report §2.4): the decoder's motion branch supervised by ground-truth flow."""
+
+    enabled: bool = False
+    motion_weight: float = Field(1.0, ge=0)
+    reconstruction_weight: float = Field(1.0, ge=0)
+
+
+class SFTDataConfig(Section):
+    """Training clips: the toy world's kinds (instruction/control prompts included) mixed with an
+    optional folder of captioned real videos (MP4 + JSONL manifest) at `real_fraction`."""
+
+    kinds: tuple[str, ...] = ("object", "pan", "orbit", "order", "composition")
+    real_manifest: str | None = None
+    real_fraction: float = Field(0.0, ge=0, le=1)
+    real_flow: Literal["farneback", "raft"] = Field("farneback", description="flow targets for real clips (physics)")
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds):
+        return known_kinds(kinds)
+
+    @model_validator(mode="after")
+    def _real_needs_manifest(self):
+        if self.real_fraction > 0 and not self.real_manifest:
+            raise ValueError("sft.data.real_fraction > 0 needs sft.data.real_manifest")
+        return self
+
+
+class SFTConfig(Section):
+    """Stage I (report §2): instruction/control SFT of the transformer with structure-aware
+    reweighting, and optionally the physics-aware motion branch in the decoder."""
+
+    steps: int = Field(60, ge=1)
+    batch_size: int = Field(8, ge=1, description="clips per learner and step")
+    learning_rate: float = Field(1e-4, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    checkpoint_every: int = Field(20, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    structure: SFTStructureConfig = SFTStructureConfig()
+    physics: SFTPhysicsConfig = SFTPhysicsConfig()
+    data: SFTDataConfig = SFTDataConfig()
+
+
 class GRPOConfig(Section):
     steps: int = Field(40, ge=1)
     prompts_per_step: int = Field(4, ge=1)
@@ -218,6 +275,7 @@ class TeleBoostConfig(Section):
     rewards: RewardsConfig = RewardsConfig()
     pool: PoolConfig = PoolConfig()
     pretrain: PretrainConfig = PretrainConfig()
+    sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
 
     @model_validator(mode="after")
@@ -245,6 +303,12 @@ class TeleBoostConfig(Section):
         if self.grpo.prompts_per_step < main_bundles:
             raise ValueError(f"grpo.prompts_per_step ({self.grpo.prompts_per_step}) must be >= the {main_bundles} "
                              "main bundles: each bundle samples and trains on whole prompt groups")
+        return self
+
+    @model_validator(mode="after")
+    def _physics_needs_the_branch(self):
+        if self.sft.physics.enabled and self.policy.motion_branch is None:
+            raise ValueError("sft.physics.enabled needs policy.motion_branch (the branch it trains)")
         return self
 
     @model_validator(mode="after")

@@ -33,7 +33,7 @@ import ray
 import torch
 
 from actors.learner import OptimizerSpec
-from actors.objectives import GRPOObjective
+from actors.objectives.grpo import GRPOObjective
 from actors.reward import RewardActor
 from actors.rollout import RolloutActor
 from cluster.advantage import AdvantageEstimator, AdvantageResult

@@ -209,10 +209,13 @@ class StageRuntime:
         return state
 
     def save(self, step: int, state: dict, keep: int) -> Path:
-        """Checkpoint `step`: rank 0's weights and optimizer state, and the stage's `state` (JSON)."""
+        """Checkpoint `step`: rank 0's weights and optimizer state, and the stage's `state` (JSON),
+        with the weights this stage started from (`policy.init_from`), so a later stage that
+        starts from this one gets the whole chain."""
         weights, learner_state = self.learners.state()
         path = save_checkpoint(self.checkpoint_dir, step, {"policy": weights}, {"learner": learner_state},
-                               {"weights_version": self.version, **state}, keep=keep)
+                               {"weights_version": self.version, "init_from": self.config.policy.init_from, **state},
+                               keep=keep)
         log.info("checkpoint %s", path)
         return path
 

@@ -26,6 +26,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MotionBranchSpec(Section):
+    """The physics-aware motion branch fused into the VAE decoder (report §2.4, policy.motion_branch)."""
+
+    hidden_channels: int = Field(32, ge=1)
+    flow_scale_px: float = Field(4.0, gt=0, description="fixed flow normalisation: the largest motion, px per frame")
+
+
 class PolicyConfig(Section):
     """Which Wan model, in which precision, with which parameters trainable.
 
@@ -51,6 +58,11 @@ class PolicyConfig(Section):
     lora_alpha: int = Field(16, ge=1)
     gradient_checkpointing: bool = Field(False, description="recompute transformer blocks in backward (memory for time)")
     torch_threads: int = Field(1, ge=1)
+    init_from: str | None = Field(
+        None, description="a previous stage's run dir, checkpoint folder or .safetensors: its trained weights (and, "
+        "recursively, those it started from) load onto this model by name — SFT -> GRPO -> DPO")
+    motion_branch: MotionBranchSpec | None = Field(
+        None, description="attach the physics-aware motion branch to the VAE decoder (trained by SFT, kept after)")
 
     @model_validator(mode="after")
     def _weights_source(self):

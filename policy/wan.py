@@ -365,10 +365,49 @@ def load_policy(config: "PolicyConfig", seed: int = 0, device: torch.device | st
         config.preset, config.model_path, config.dtype, seed,
         random_init=config.random_init, text_encoder_layers=config.text_encoder_layers, device=device,
     )
+    if config.motion_branch is not None:
+        from policy.motion_branch import MotionBranch, attach_motion_branch
+
+        attach_motion_branch(policy, MotionBranch.for_policy(policy, **config.motion_branch.model_dump()))
+        policy.motion_branch.to(policy.device)
     params = select_trainable(policy, config.trainable, config.lora_rank, config.lora_alpha)
+    if config.init_from:
+        load_stage_weights(policy, config.init_from)
     if config.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
     return policy, params
+
+
+def load_stage_weights(policy: VideoPolicy, source: str) -> list[str]:
+    """Load a stage's trained weights onto `policy` by name; returns the chain of sources applied.
+
+    `source` is a run dir (its newest valid checkpoint), a checkpoint folder or a .safetensors file.
+    A checkpoint whose stage itself started `init_from` another is applied on top of that one, so
+    a DPO policy holds SFT's motion branch and GRPO's transformer. Every name must exist in the
+    policy: a checkpoint from another architecture (or a missing `policy.motion_branch`) fails
+    here, not silently.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from policy.checkpoint import load_checkpoint, load_latest
+
+    path = Path(source)
+    if path.suffix == ".safetensors":
+        tensors, state = load_file(path), {}
+    else:
+        found = load_latest(path / "checkpoints") if (path / "checkpoints").is_dir() else load_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"policy.init_from={source!r}: no valid checkpoint under {path / 'checkpoints'}")
+        tensors, state = found[0]["policy"], found[2]
+    chain = load_stage_weights(policy, state["init_from"]) if state.get("init_from") else []
+    unknown = sorted(set(tensors) - set(policy.state_dict()))
+    if unknown:
+        raise KeyError(f"policy.init_from={source!r} holds weights this policy lacks: {unknown[:5]} "
+                       f"(a motion branch needs policy.motion_branch)")
+    policy.load_state_dict(tensors, strict=False)
+    return [*chain, str(source)]
 
 
 def save_policy(policy: VideoPolicy, path: str) -> None:
