@@ -70,6 +70,8 @@ CATALOGUE: dict[str, MetricSpec] = _specs(
     MetricSpec("teleboost_role_idle_memory_bytes", GAUGE, "Accelerator memory a role still holds while another phase runs",
                ("role",)),
     MetricSpec("teleboost_role_peak_memory_bytes", GAUGE, "Peak accelerator memory of a role while awake", ("role",)),
+    MetricSpec("teleboost_role_managed_memory_bytes", GAUGE, "Memory a role's offloader moves off the accelerator while idle",
+               ("role",)),
     MetricSpec("teleboost_actor_restarts_total", COUNTER, "Actors that died mid-phase and were restarted (phase redone)"),
     MetricSpec("teleboost_checkpoints_written_total", COUNTER, "Checkpoints written"),
     MetricSpec("teleboost_weights_version", GAUGE, "Version of the weights the sampling actors hold"),
@@ -91,8 +93,8 @@ CATALOGUE: dict[str, MetricSpec] = _specs(
     MetricSpec("teleboost_advantage", GAUGE, "Statistics of the combined advantages", ("statistic",)),
     MetricSpec("teleboost_joint_reward_weight", GAUGE, "Min-norm joint-reward weights c (report eq. 4)", ("component",)),
     MetricSpec("teleboost_reward_weight", GAUGE, "Weight of each reward component in force (curriculum)", ("component",)),
-    MetricSpec("teleboost_curriculum_phase_index", GAUGE, "Self-paced curriculum phase (report §3.4)"),
-    MetricSpec("teleboost_bpgo_group_weight", GAUGE, "Smallest and largest BPGO group trust weight (report §3.3)",
+    MetricSpec("teleboost_curriculum_phase_index", GAUGE, "Self-paced curriculum phase (report 3.4)"),
+    MetricSpec("teleboost_bpgo_group_weight", GAUGE, "Smallest and largest BPGO group trust weight (report 3.3)",
                ("bound",)),
     MetricSpec("teleboost_dropped_groups_total", COUNTER, "Groups dropped for non-finite rewards"),
     MetricSpec("teleboost_gated_samples_total", COUNTER, "Samples a safety gate zeroed"),
@@ -170,7 +172,8 @@ MAKESPAN_KEYS = {
     "reward_workers/planned_makespan_seconds": "planned",
     "reward_workers/serial_makespan_seconds": "serial",
 }
-MEMORY_KEYS = {"idle_bytes": "teleboost_role_idle_memory_bytes", "peak_bytes": "teleboost_role_peak_memory_bytes"}
+MEMORY_KEYS = {"idle_bytes": "teleboost_role_idle_memory_bytes", "peak_bytes": "teleboost_role_peak_memory_bytes",
+               "managed_bytes": "teleboost_role_managed_memory_bytes"}
 
 
 def _number(value) -> float | None:
