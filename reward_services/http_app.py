@@ -182,6 +182,11 @@ class ServerMetrics:
             "teleboost_reward_critic_errors", "Critic calls that raised, by kind (rejected input / failed)",
             ["critic", "kind"], registry=self.registry,
         )
+        # Per video, so the distribution is the served scores' (no prompt or request label).
+        self.critic_scores = Histogram(
+            "teleboost_reward_critic_score", "Each video's score, by critic and score name", ["critic", "score"],
+            registry=self.registry, buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.5, 10),
+        )
         self.videos = Counter("teleboost_reward_videos_scored", "Videos scored", registry=self.registry)
         self.gated = Counter(
             "teleboost_reward_gated_samples", "Videos some critic's `gated` score gated", registry=self.registry
@@ -296,6 +301,8 @@ class ScoringService:
                     column = scores.setdefault(f"{name}.{key}", [None] * batch)
                     for index, number in zip(indices, value.float().tolist()):
                         column[index] = number if math.isfinite(number) else None
+                        if math.isfinite(number):
+                            self.metrics.critic_scores.labels(name, key).observe(number)
             seconds = time.perf_counter() - started
             self.metrics.critic_latency.labels(name).observe(seconds)
             critic_ms[name] = seconds * 1e3
