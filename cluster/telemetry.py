@@ -22,8 +22,8 @@ that takes minutes keeps its figures on the dashboard, and they fade ~20 s after
 driver's end. Counters a record carries are exported from their first record on, at zero when
 nothing has happened yet, so a panel of restarts shows 0 rather than no data.
 
-Supports: every stage's record (GRPO, SFT: `loss` and `sft/*`, DPO: `loss`, `implicit_accuracy`,
-`reward_margin`, `beta`), per-bundle utilisation and busy seconds from the timeline, per-role
+Supports: every stage's record (GRPO; SFT: `loss`, `sft/*` and the update's keys; DPO: `loss`,
+`implicit_accuracy`, `reward_margin`, `beta`, `pairs/*`, `held_out/*`), per-bundle utilisation and busy seconds from the timeline, per-role
 accelerator memory while idle and at peak, restarts and dropped groups as counters (cumulative
 record fields are turned into increments, and a resumed run's restart from zero is counted as
 new restarts, never as a negative increment), checkpoints via `checkpoint_written()`.
@@ -41,7 +41,7 @@ from typing import Iterable, NamedTuple
 COUNTER, GAUGE = "counter", "gauge"
 # Every label a TeleBoost metric may carry; each has a small, config-bounded set of values.
 LABELS = ("stage", "role", "bundle", "phase", "critic", "score", "component", "statistic", "schedule", "bound",
-          "quantity")
+          "quantity", "split", "source")
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,12 @@ CATALOGUE: dict[str, MetricSpec] = _specs(
     MetricSpec("teleboost_reward_worker_restarts_total", COUNTER, "Reward worker calls redone after the worker died"),
     MetricSpec("teleboost_reward_mps_fallback", GAUGE, "1 when MPS could not run on a GPU and workers ran without quotas"),
     # DPO (report §4, §6.2) and SFT (report §2)
-    MetricSpec("teleboost_dpo_implicit_accuracy_ratio", GAUGE, "Fraction of pairs whose implicit reward prefers the winner"),
-    MetricSpec("teleboost_dpo_reward_margin", GAUGE, "Mean implicit reward margin, winner minus loser"),
+    MetricSpec("teleboost_dpo_implicit_accuracy_ratio", GAUGE,
+               "Fraction of pairs whose implicit reward prefers the winner, on the step's (train) or held-out pairs",
+               ("split",)),
+    MetricSpec("teleboost_dpo_reward_margin", GAUGE, "Mean implicit reward margin, winner minus loser", ("split",)),
     MetricSpec("teleboost_dpo_beta", GAUGE, "DPO beta in force"),
+    MetricSpec("teleboost_dpo_pairs", GAUGE, "Preference pairs available, by source", ("source",)),
     MetricSpec("teleboost_sft_quantity", GAUGE, "SFT loss terms and structure-weight statistics (sft/* record keys)",
                ("quantity",)),
 )
@@ -132,6 +135,7 @@ SCALAR_KEYS = {
     "loss": "teleboost_loss",
     "update/loss": "teleboost_loss",
     "update/grad_norm": "teleboost_grad_norm",
+    "grad_norm": "teleboost_grad_norm",
     "update/kl": "teleboost_kl",
     "update/clip_fraction": "teleboost_clip_fraction",
     "update/ratio": "teleboost_importance_ratio_mean",
@@ -142,14 +146,14 @@ SCALAR_KEYS = {
     "curriculum/phase_index": "teleboost_curriculum_phase_index",
     "reward_workers/last_phase_groups": "teleboost_reward_worker_groups",
     "reward_workers/mps_fallback": "teleboost_reward_mps_fallback",
-    "implicit_accuracy": "teleboost_dpo_implicit_accuracy_ratio",
-    "reward_margin": "teleboost_dpo_reward_margin",
     "beta": "teleboost_dpo_beta",
 }
 # Per-step counts, added to a counter.
 INCREMENT_KEYS = {
     "update/optimizer_steps": "teleboost_optimizer_steps_total",
     "update/skipped_updates": "teleboost_skipped_updates_total",
+    "optimizer_steps": "teleboost_optimizer_steps_total",  # SFT and DPO records: the update's keys unprefixed
+    "skipped_updates": "teleboost_skipped_updates_total",
     "dropped_groups": "teleboost_dropped_groups_total",
     "gated_samples": "teleboost_gated_samples_total",
 }
@@ -166,7 +170,13 @@ PREFIX_KEYS = {
     "joint_c/": ("teleboost_joint_reward_weight", "component"),
     "reward_weight/": ("teleboost_reward_weight", "component"),
     "sft/": ("teleboost_sft_quantity", "quantity"),
+    "pairs/": ("teleboost_dpo_pairs", "source"),
 }
+# DPO's implicit-reward statistics: the step's pairs, and the held-out pairs where evaluated.
+DPO_KEYS = {f"{prefix}{key}": (name, split)
+            for prefix, split in (("", "train"), ("held_out/", "held_out"))
+            for key, name in (("implicit_accuracy", "teleboost_dpo_implicit_accuracy_ratio"),
+                              ("reward_margin", "teleboost_dpo_reward_margin"))}
 MAKESPAN_KEYS = {
     "reward_workers/last_phase_seconds": "measured",
     "reward_workers/planned_makespan_seconds": "planned",
@@ -196,6 +206,9 @@ def step_samples(record: dict, intervals: Iterable[dict] = ()) -> list[Sample]:
             samples.append(Sample(SCALAR_KEYS[key], value, {}))
         elif key in INCREMENT_KEYS:
             samples.append(Sample(INCREMENT_KEYS[key], max(value, 0.0), {}))
+        elif key in DPO_KEYS:
+            name, split = DPO_KEYS[key]
+            samples.append(Sample(name, value, {"split": split}))
         elif key in MAKESPAN_KEYS:
             samples.append(Sample("teleboost_reward_makespan_seconds", value, {"schedule": MAKESPAN_KEYS[key]}))
         elif key.startswith("score/"):

@@ -95,12 +95,14 @@ def grpo_config(run_dir):
 
 
 def other_stages():
-    """SFT and DPO records with the keys their drivers write (issues 12, 13), through the same telemetry."""
+    """SFT and DPO records with the keys their drivers write, through the same telemetry."""
     timeline = [{"phase": "update", "bundle": "main/0", "start": 0.0, "end": 0.8}]
-    common = {"step_seconds": 1.0, "seconds/update": 0.8, "utilisation": 0.8, "actor_restarts": 0, "weights_version": 1}
+    common = {"step_seconds": 1.0, "seconds/update": 0.8, "utilisation": 0.8, "actor_restarts": 0, "weights_version": 1,
+              "grad_norm": 0.5, "optimizer_steps": 1, "skipped_updates": 0}
     for stage, record in (
-        ("sft", {"loss": 0.12, "sft/flow_loss": 0.1, "sft/motion_loss": 0.02, "sft/weight_std": 0.3}),
-        ("dpo", {"loss": 0.6, "implicit_accuracy": 0.75, "reward_margin": 0.4, "beta": 5000.0}),
+        ("sft", {"loss": 0.12, "sft/flow_matching": 0.1, "sft/motion": 0.02, "sft/weight_std": 0.3}),
+        ("dpo", {"loss": 0.6, "implicit_accuracy": 0.75, "reward_margin": 0.4, "beta": 5000.0, "pairs/on_policy": 16,
+                 "pairs/temporal": 32, "held_out/implicit_accuracy": 0.6, "held_out/reward_margin": 0.2}),
     ):
         telemetry = StageTelemetry(stage)
         telemetry.export_step({"step": 1, **common, **record}, timeline)
