@@ -89,9 +89,13 @@ class Learner(PhaseMember, CrashOnRequest):
         self.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         return self.rank
 
+    @property
+    def data_parallel(self) -> bool:
+        return isinstance(self.model, torch.nn.parallel.DistributedDataParallel)
+
     def no_sync(self):
         """Accumulate gradients without all-reducing them (every backward but a step's last)."""
-        return self.model.no_sync() if isinstance(self.model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+        return self.model.no_sync() if self.data_parallel else nullcontext()
 
     # -- what objectives call ---------------------------------------------------------------
     def velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -141,6 +145,19 @@ class Learner(PhaseMember, CrashOnRequest):
         flag = torch.tensor([1.0 if finite else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
+
+    def evaluate(self, **options) -> dict[str, float]:
+        """The objective's own evaluation (e.g. DPO's held-out implicit accuracy), without gradients."""
+        self.policy.transformer.eval()
+        return self.objective.evaluate(self, **options)
+
+    def refresh_reference(self) -> int:
+        """Online DPO: the reference becomes the current policy (a frozen copy, never the adapters'
+        base, which cannot move)."""
+        if self.reference is None:
+            raise ValueError("refresh_reference needs a frozen-copy reference (not LoRA's adapters-off base)")
+        self.reference.load_state_dict(self.policy.transformer.state_dict())
+        return self.version
 
     # -- weights, state, phases -------------------------------------------------------------
     def get_weights(self) -> tuple[dict[str, torch.Tensor], int]:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from policy.config import ClipConfig, PolicyConfig, SamplingConfig
 from reward_services.config import RewardsConfig
+from schedulers.dpo_beta import DPOBetaSchedule
 from toyworld.world import KINDS
 
 
@@ -230,6 +231,71 @@ class SFTConfig(Section):
     data: SFTDataConfig = SFTDataConfig()
 
 
+class TemporalPairsConfig(Section):
+    """Synthetic temporal negatives (report §4.2 item 2): good clips vs their reversal, local
+    frame shuffling or freezing. The good clips are the toy world's rendered ground truth."""
+
+    enabled: bool = True
+    clips: int = Field(32, ge=0, description="good clips; each gives one pair per kind")
+    kinds: tuple[Literal["reverse", "shuffle", "freeze"], ...] = ("reverse", "shuffle", "freeze")
+    window: int = Field(3, ge=2, description="local shuffle window (frames)")
+    freeze_fraction: float = Field(0.5, gt=0, lt=1, description="share of the clip a freeze stalls")
+    held_out_clips: int = Field(8, ge=0, description="clips (other seeds) whose pairs measure held-out implicit accuracy")
+
+
+class OnPolicyPairsConfig(Section):
+    """Policy-on-policy hard negatives (report §4.2 item 1): groups from the current policy ranked
+    by an ensemble of critics; pairs that both follow the prompt but differ clearly in quality."""
+
+    enabled: bool = False
+    prompts: int = Field(8, ge=1)
+    group_size: int = Field(8, ge=2)
+    quality: tuple[str, ...] = ("toy_judges.smoothness", "perceptual.sharpness")
+    agreement: str = "toy_judges.overall"
+    agreement_threshold: float = 0.1
+    gap_threshold: float = Field(0.5, gt=0, description="ensemble (z-score) quality gap a pair needs")
+    max_pairs_per_group: int = Field(2, ge=1)
+
+
+class DPOPairsConfig(Section):
+    temporal: TemporalPairsConfig = TemporalPairsConfig()
+    on_policy: OnPolicyPairsConfig = OnPolicyPairsConfig()
+    human: str | None = Field(None, description="JSONL of {prompt, winner, loser, aspect, annotator} (report §4.2 item 3)")
+
+
+class DPOConfig(Section):
+    """Stage III (report §4, §6.2): Diffusion-DPO against the frozen previous stage.
+
+    β: Diffusion-DPO's and VideoDPO's launchers use 5000; users report blow-ups at 2000-5000 with
+    large learning rates, so the defaults pair β in the thousands with a small learning rate and
+    anneal β from `start` to `floor` (report §4.3: start high for stability).
+    """
+
+    steps: int = Field(40, ge=1)
+    batch_size: int = Field(4, ge=1, description="pairs per learner and step")
+    learning_rate: float = Field(1e-5, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mode: Literal["standard", "decoupled", "sequential"] = Field(
+        "sequential", description="backward schedule: same gradients; sequential never holds both branches' "
+        "graphs (bench/dpo_memory.py: the only one that lowers peak memory)")
+    beta: DPOBetaSchedule = DPOBetaSchedule()
+    train_frames: int | None = Field(None, ge=2, description="train at fewer frames than generated (§4.3)")
+    train_height: int | None = Field(None, ge=8)
+    train_width: int | None = Field(None, ge=8)
+    reference_refresh_every: int = Field(0, ge=0, description="online DPO: reference := policy every K steps (0 = never)")
+    eval_every: int = Field(10, ge=0, description="held-out implicit accuracy every K steps (0 = off)")
+    checkpoint_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    pairs: DPOPairsConfig = DPOPairsConfig()
+
+    @model_validator(mode="after")
+    def _one_training_geometry(self):
+        given = [self.train_frames, self.train_height, self.train_width]
+        if any(v is not None for v in given) and any(v is None for v in given):
+            raise ValueError("dpo.train_frames, train_height and train_width go together")
+        return self
+
+
 class GRPOConfig(Section):
     steps: int = Field(40, ge=1)
     prompts_per_step: int = Field(4, ge=1)
@@ -277,6 +343,7 @@ class TeleBoostConfig(Section):
     pretrain: PretrainConfig = PretrainConfig()
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
+    dpo: DPOConfig = DPOConfig()
 
     @model_validator(mode="after")
     def _clip_fits_the_model(self):
@@ -303,6 +370,23 @@ class TeleBoostConfig(Section):
         if self.grpo.prompts_per_step < main_bundles:
             raise ValueError(f"grpo.prompts_per_step ({self.grpo.prompts_per_step}) must be >= the {main_bundles} "
                              "main bundles: each bundle samples and trains on whole prompt groups")
+        return self
+
+    @model_validator(mode="after")
+    def _dpo_fits_the_pool_and_critics(self):
+        main_bundles = self.pool.num_bundles - (self.pool.reward_bundles if self.pool.placement == "disaggregated" else 0)
+        if self.dpo.mode == "decoupled" and main_bundles > 1:
+            raise ValueError("dpo.mode=decoupled cannot be data-parallel (DDP arms its all-reduce in forward and would "
+                             "miss the loser's gradient); use sequential (same gradients, lower peak) or standard")
+        if self.dpo.reference_refresh_every and self.policy.trainable == "lora":
+            raise ValueError("dpo.reference_refresh_every needs a frozen-copy reference; with LoRA the reference is the "
+                             "adapters-off base, which cannot be refreshed")
+        on_policy = self.dpo.pairs.on_policy
+        if on_policy.enabled:
+            critics = {spec.name for spec in self.rewards.critics}
+            for score in (*on_policy.quality, on_policy.agreement):
+                if score.split(".", 1)[0] not in critics:
+                    raise ValueError(f"dpo.pairs.on_policy names {score!r}, but rewards.critics are {sorted(critics)}")
         return self
 
     @model_validator(mode="after")

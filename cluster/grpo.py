@@ -27,20 +27,17 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 
-import ray
 import torch
 
 from actors.learner import OptimizerSpec
 from actors.objectives.grpo import GRPOObjective
-from actors.reward import RewardActor
 from actors.rollout import RolloutActor
 from cluster.advantage import AdvantageEstimator, AdvantageResult
 from cluster.config import GRPOConfig, TeleBoostConfig
 from cluster.pool import PhaseTimeline
-from cluster.prompts import balanced_shards, load_prompts
-from cluster.reward_group import RewardWorkerGroup
+from cluster.group_phases import GroupPhases
+from cluster.prompts import load_prompts
 from cluster.run_log import plot_curves
 from cluster.runtime import StageRuntime, run_stage
 from reward_services.config import component_rewards
@@ -59,13 +56,9 @@ def grpo_objective(cfg: GRPOConfig) -> GRPOObjective:
     )
 
 
-class GRPODriver(StageRuntime):
+class GRPODriver(GroupPhases, StageRuntime):
     stage = "grpo"
     phase_roles = {"sample": ("rollout",), "evaluate": ("reward",), "update": ("learner",)}
-
-    def __init__(self, config: TeleBoostConfig, resume: bool = False):
-        super().__init__(config, resume)
-        self.reward_group: RewardWorkerGroup | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -73,15 +66,7 @@ class GRPODriver(StageRuntime):
         cfg = self.config
         self.rollouts = self.place("rollout", RolloutActor, cfg.policy, cfg.sampling, cfg.clip, cfg.seed,
                                    cfg.grpo.vipo.lam > 0, bundles=self.pool.main_bundles())
-        if cfg.rewards.execution == "grouped":
-            self.reward_group = RewardWorkerGroup(
-                cfg.rewards.critics, pool=self.pool, bundle=self.pool.reward_bundles()[0], run_dir=str(self.run_dir),
-                device="cuda" if self.pool.accelerator == "GPU" else "cpu",
-            )
-            self.rewards = {}
-        else:
-            self.rewards = self.place("reward", RewardActor, cfg.rewards, cfg.policy.torch_threads,
-                                      bundles=self.pool.reward_bundles())
+        self.place_reward_role()
         self.place_learners(grpo_objective(cfg.grpo), OptimizerSpec(cfg.grpo.learning_rate, max_grad_norm=cfg.grpo.max_grad_norm))
         self.prompt_pool = load_prompts(cfg, cfg.grpo.prompt_pool, seed=cfg.seed)
         self.estimator = AdvantageEstimator(cfg)
@@ -104,7 +89,7 @@ class GRPODriver(StageRuntime):
 
             # 1. sample: every main bundle draws whole groups for its share of the prompts
             shards = self.shard(prompts)
-            video_refs, trajectory_refs = self.sample(timeline, shards, f"{step}")
+            video_refs, trajectory_refs = self.sample(timeline, shards, f"{step}", cfg.group_size)
 
             # 2. evaluate: rewards per component [P, G] → advantages (non-finite groups dropped)
             rewards, scores, num_gated = self.evaluate(timeline, video_refs, shards)
@@ -133,59 +118,13 @@ class GRPODriver(StageRuntime):
         return records
 
     # -- phases -----------------------------------------------------------------------------
-    def sample(self, timeline: PhaseTimeline, shards: dict, seed_key: str) -> tuple[list, list]:
-        """(video refs, trajectory refs) per main bundle, in prompt order; the data stays in the
-        object store and the driver only waits on each shard's weights version."""
-        group_size = self.config.grpo.group_size
-        refs: dict = {}
-
-        def submit():
-            for i, (bundle, shard) in enumerate(shards.items()):
-                refs[bundle] = self.rollouts[bundle].sample.options(num_returns=3).remote(
-                    shard, group_size, self.step_seed(seed_key, f"sample/{i}"), self.version)
-            return {bundle: [shard_refs[2]] for bundle, shard_refs in refs.items()}
-
-        self.run_phase(timeline, "sample", submit, self.rollouts)
-        return [refs[b][0] for b in shards], [refs[b][1] for b in shards]
-
     def evaluate(self, timeline: PhaseTimeline, video_refs: list, shards: dict):
         """({component: [P, G]}, raw scores {critic.score: [B]}, gated count)."""
         group_size = self.config.grpo.group_size
-        scoring = self.evaluate_grouped if self.reward_group is not None else self.evaluate_with_actors
-        scores = scoring(timeline, video_refs, list(shards.values()))
+        scores = self.score(timeline, video_refs, shards, group_size)
         components, num_gated = component_rewards(scores, self.config.rewards)
         num_prompts = sum(len(shard) for shard in shards.values())
         return {name: value.view(num_prompts, group_size) for name, value in components.items()}, scores, num_gated
-
-    def evaluate_with_actors(self, timeline: PhaseTimeline, video_refs: list, shard_prompts: list) -> dict[str, torch.Tensor]:
-        """Colocated: each bundle's reward actor scores the videos its rollout made (no transfer).
-        Disaggregated: the reward pool's actors take the shards round-robin."""
-        group_size = self.config.grpo.group_size
-        reward_bundles = list(self.rewards)
-        assignment = [reward_bundles[i % len(reward_bundles)] for i in range(len(video_refs))]
-
-        def submit():
-            calls: dict = {}
-            for bundle, ref, shard in zip(assignment, video_refs, shard_prompts):
-                calls.setdefault(bundle, []).append(
-                    self.rewards[bundle].score.remote(ref, [p for p in shard for _ in range(group_size)]))
-            return calls
-
-        results = {bundle: list(values) for bundle, values in self.run_phase(timeline, "evaluate", submit, self.rewards).items()}
-        per_shard = [results[bundle].pop(0) for bundle in assignment]  # back in shard order
-        return {key: torch.cat([shard[key] for shard in per_shard]) for key in per_shard[0]}
-
-    def evaluate_grouped(self, timeline: PhaseTimeline, video_refs: list, shard_prompts: list) -> dict[str, torch.Tensor]:
-        """Joint reward by planned worker groups: groups in sequence, members at once under their
-        quotas (report §6.1.2); profiles are measured once per input shape and cached on disk."""
-        group_size = self.config.grpo.group_size
-        prompts = [p for shard in shard_prompts for p in shard for _ in range(group_size)]
-        start = time.perf_counter()
-        videos = torch.cat(ray.get(video_refs))
-        self.reward_group.profile(videos, prompts)
-        phase = self.reward_group.score(videos, prompts, mode="planned")
-        timeline.add("evaluate", self.pool.reward_bundles()[0], start, time.perf_counter())
-        return phase.scores
 
     def update(self, timeline, step, shards, trajectory_refs, advantages: AdvantageResult) -> dict[str, float]:
         """Every learner on its bundle's samples (data-parallel); the merged update statistics."""
@@ -204,7 +143,7 @@ class GRPODriver(StageRuntime):
         come from the weights alone (the per-step reward also varies with which prompts were drawn)."""
         timeline = PhaseTimeline(self.pool.all_bundles())
         shards = self.shard(self.prompt_pool)
-        video_refs, _ = self.sample(timeline, shards, "eval")
+        video_refs, _ = self.sample(timeline, shards, "eval", self.config.grpo.group_size)
         rewards, _, _ = self.evaluate(timeline, video_refs, shards)
         return (sum(rewards.values()) / len(rewards)).nanmean().item()
 
@@ -216,17 +155,12 @@ class GRPODriver(StageRuntime):
                 prompts = self.prompt_pool[start:start + cfg.prompts_per_step]
                 timeline = PhaseTimeline(self.pool.all_bundles())
                 shards = self.shard(prompts)
-                video_refs, _ = self.sample(timeline, shards, f"prior/{round_index}/{start}")
+                video_refs, _ = self.sample(timeline, shards, f"prior/{round_index}/{start}", cfg.group_size)
                 rewards, _, _ = self.evaluate(timeline, video_refs, shards)
                 self.estimator.observe_prior(prompts, rewards)
         log.info("BPGO prior estimated from %d reference group(s) per prompt", cfg.bpgo.prior_groups)
 
     # -- helpers ----------------------------------------------------------------------------
-    def shard(self, prompts: list[str]) -> dict:
-        """Whole prompts (hence whole groups) per main bundle, contiguous and balanced, so
-        concatenating the shards keeps the prompt order."""
-        return dict(zip(self.rollouts, balanced_shards(prompts, len(self.rollouts))))
-
     def prompts_for(self, step: int) -> list[str]:
         """The step's prompts: a deterministic draw from the prompt pool (same on resume)."""
         rng = random.Random(self.step_seed(step, "prompts"))
@@ -247,11 +181,6 @@ class GRPODriver(StageRuntime):
             **({f"reward_workers/{k}": v for k, v in self.reward_group.metrics.items()} if self.reward_group else {}),
             **{f"update/{k}": v for k, v in update.items()},
         }
-
-    def shutdown(self) -> None:
-        if self.reward_group is not None:
-            self.reward_group.shutdown()
-        super().shutdown()
 
 
 def run(config: TeleBoostConfig, resume: bool = False) -> list[dict]:

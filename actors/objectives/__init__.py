@@ -35,6 +35,7 @@ class TrainContext(Protocol):
     world_size: int
     policy: VideoPolicy
     model: nn.Module  # the objective's trained module, DDP-wrapped when data-parallel
+    data_parallel: bool
 
     def velocity(self, latents: torch.Tensor, sigmas: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
 
