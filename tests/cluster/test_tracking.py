@@ -69,6 +69,7 @@ def test_a_failing_backend_is_switched_off_and_the_others_keep_writing(tmp_path)
     assert [e.step for e in events(tmp_path, "dpo").Scalars("loss")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_videos_may_be_a_ray_object_ref(ray_cluster, tmp_path):
     tracker = ExperimentTracker(tmp_path, "grpo", clip_every=1, max_clips=2)
     tracker.log_clips(1, ray_cluster.put(CLIPS), list("abcdef"))  # fetched on the tracking thread
