@@ -296,6 +296,21 @@ class DPOConfig(Section):
         return self
 
 
+class EvalConfig(Section):
+    """The pipeline's evaluation: every stage's final policy on the SAME held-out prompts (never
+    trained on: `toyworld.world.is_held_out`) and sampling seeds, ODE sampling (noise level 0)."""
+
+    prompts: int = Field(12, ge=1, description="held-out prompts")
+    seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1, description="sampling seeds (noise draws)")
+    kinds: tuple[str, ...] = ("object", "pan", "orbit", "order", "composition")
+    tie_margin: float = Field(0.02, ge=0, description="automatic GSB: score gaps below this are 'same'")
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds):
+        return known_kinds(kinds)
+
+
 class GRPOConfig(Section):
     steps: int = Field(40, ge=1)
     prompts_per_step: int = Field(4, ge=1)
@@ -344,6 +359,7 @@ class TeleBoostConfig(Section):
     sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
     dpo: DPOConfig = DPOConfig()
+    eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
     def _clip_fits_the_model(self):

@@ -3,8 +3,8 @@
 Before training, the preference dataset is built once on disk under `run_dir/pairs` (a marker
 file makes a resumed run reuse it, so it sees exactly the same pairs), from three sources (§4.2):
 1. synthetic temporal negatives: the toy world's rendered clips vs their reversal, local frame
-   shuffling or freezing (and the same from other seeds under `run_dir/pairs_heldout`, never
-   trained on, for held-out implicit accuracy);
+   shuffling or freezing (and the same from held-out prompts under `run_dir/pairs_heldout`,
+   never trained on, for held-out implicit accuracy);
 2. on-policy hard negatives (`dpo.pairs.on_policy`): groups sampled from the starting policy by
    the rollout actors and scored by the reward actors where they lie (the same phases as GRPO),
    ranked by an ensemble of critics, keeping pairs that both follow the prompt and differ clearly;
@@ -137,7 +137,8 @@ class DPODriver(GroupPhases, StageRuntime):
     def write_temporal(self, writer: PairWriter, num_clips: int, purpose: str) -> int:
         """Good clips (the toy world's rendered ground truth) vs their temporal perturbations."""
         cfg, temporal = self.config, self.config.dpo.pairs.temporal
-        clips = ToyWorld(*cfg.clip.shape, kinds=cfg.world.kinds).sample(num_clips, seed=self.step_seed(purpose, "clips"))
+        split = "held_out" if purpose == "held_out" else "train"
+        clips = ToyWorld(*cfg.clip.shape, kinds=cfg.world.kinds, split=split).sample(num_clips, seed=self.step_seed(purpose, "clips"))
         videos = [(clip.video * 255).round().to(torch.uint8) for clip in clips]
         made = make_temporal_pairs(videos, [clip.prompt for clip in clips],
                                    torch.Generator().manual_seed(self.step_seed(purpose, "perturb")),

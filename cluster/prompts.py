@@ -8,13 +8,13 @@ from pathlib import Path
 from toyworld.world import ToyWorld
 
 
-def load_prompts(config, count: int, seed: int) -> list[str]:
-    """`count` distinct prompts from `config.prompts`: drawn from the toy world's grammar (with
-    `seed`), or the first `count` of a file (one per line, or JSONL rows with a "prompt")."""
+def load_prompts(config, count: int, seed: int, split: str = "train") -> list[str]:
+    """`count` prompts from `config.prompts`: drawn from the toy world's grammar (with `seed`) in
+    `split` — training stages draw "train", evaluation "held_out" (`toyworld.world.is_held_out`) —
+    or the first `count` distinct prompts of a file (one per line, or JSONL rows with a "prompt")."""
     source = config.prompts
     if source.source == "toy":
-        clip = config.clip
-        return ToyWorld(clip.num_frames, clip.height, clip.width, kinds=config.world.kinds).prompts(count, seed=seed)
+        return ToyWorld(*config.clip.shape, kinds=config.world.kinds, split=split).prompts(count, seed=seed)
     prompts = []
     for number, line in enumerate(Path(source.path).read_text().splitlines(), start=1):
         line = line.strip()

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 import random
+import zlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -701,17 +702,33 @@ def all_object_specs(count: int = 1) -> list[SceneSpec]:
     ]
 
 
+HELD_OUT_PERCENT = 10  # of the grammar's prompts, reserved for evaluation (a hash split: no list to keep)
+SPLITS = ("train", "held_out")
+
+
+def is_held_out(prompt: str) -> bool:
+    """Whether `prompt` belongs to the evaluation split: a stable hash of the text, so every
+    process, run and machine agrees without a stored list, and ~10 % of each kind is held out."""
+    return zlib.crc32(prompt.encode()) % 100 < HELD_OUT_PERCENT
+
+
 class ToyWorld:
     """A seeded source of toy clips and prompts of fixed size.
 
     `sample(n, seed)` and `prompts(n, seed)` draw the same specs, so prompts(n, seed)[i] is the
     prompt of sample(n, seed)[i] without rendering anything. By default it draws the CORE_KINDS,
     the world the base model is pretrained on; name the instruction kinds to add them.
+
+    `split`: "train" draws only prompts outside the held-out set, "held_out" only prompts inside
+    it (`is_held_out`), None (default) the whole grammar. Post-training stages sample "train" and
+    the evaluation "held_out", so no stage trains on an evaluation prompt.
     """
 
     all_object_specs = staticmethod(all_object_specs)
 
-    def __init__(self, num_frames: int = 9, height: int = 32, width: int = 32, kinds=CORE_KINDS):
+    def __init__(self, num_frames: int = 9, height: int = 32, width: int = 32, kinds=CORE_KINDS, split: str | None = None):
+        if split not in (None, *SPLITS):
+            raise ValueError(f"split={split!r} must be one of {SPLITS} or None")
         unknown = [k for k in kinds if k not in KINDS]
         if unknown or not kinds:
             raise ValueError(f"kinds={tuple(kinds)!r}: each must be one of {KINDS} and at least one given")
@@ -722,13 +739,18 @@ class ToyWorld:
             )
         self.num_frames, self.height, self.width = num_frames, height, width
         self.kinds = tuple(kinds)
+        self.split = split
 
     def _specs_and_seeds(self, n: int, seed: int) -> list[tuple[SceneSpec, int]]:
+        from toyworld.prompts import describe
+
         rng = random.Random(seed)
         drawn = []
-        for _ in range(n):
+        while len(drawn) < n:
             spec = sample_spec(rng, self.kinds)
-            drawn.append((spec, rng.randrange(2**31)))
+            clip_seed = rng.randrange(2**31)
+            if self.split is None or is_held_out(describe(spec)) == (self.split == "held_out"):
+                drawn.append((spec, clip_seed))
         return drawn
 
     def sample(self, n: int, seed: int) -> list[ToyClip]:

@@ -152,11 +152,12 @@ class SFTObjective:
 
 @functools.lru_cache(maxsize=4)
 def _source(objective: SFTObjective, rank: int) -> MixedSource:
-    """A learner's batch source, built once per process: toy clips of the configured kinds and,
+    """A learner's batch source, built once per process: toy clips of the configured kinds (the
+    training split: evaluation prompts never appear) and,
     when configured, a real video folder (rows validated once; errors logged by the folder)."""
     frames, height, width = objective.clip_shape
     real = VideoFolder(objective.real_manifest, frames, height, width) if objective.real_manifest else None
     return MixedSource(objective.batch_size, seed=objective.seed * 1_000_003 + rank,
-                       world=ToyWorld(frames, height, width, kinds=objective.kinds) if objective.real_fraction < 1 else None,
+                       world=ToyWorld(frames, height, width, kinds=objective.kinds, split="train") if objective.real_fraction < 1 else None,
                        real=real, real_fraction=objective.real_fraction,
                        real_flow=objective.real_flow if objective.physics else "none")
