@@ -179,6 +179,7 @@ def run_pipeline(config_path: str, out: str, overrides: list[str], stages: list[
         if stage not in todo:
             console.print(f"[dim]{stage.name}: done earlier ({stage.run_dir}), skipped[/dim]")
     timings: dict[str, float] = {}
+    summary_path = out_dir / "pipeline.json"
     if todo:
         with LocalHead(config.pool.num_bundles, max(2, os.cpu_count() or 2)) as head, Progress(
             TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -188,7 +189,6 @@ def run_pipeline(config_path: str, out: str, overrides: list[str], stages: list[
             for stage in todo:
                 resume = (stage.run_dir / "checkpoints").is_dir()
                 timings[stage.name] = run_stage(head, stage, resume, progress)
-    summary_path = out_dir / "pipeline.json"
-    previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    summary_path.write_text(json.dumps({**previous, **timings}, indent=1))
+                previous = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+                summary_path.write_text(json.dumps({**previous, stage.name: timings[stage.name]}, indent=1))
     return timings
