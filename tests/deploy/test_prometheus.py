@@ -37,7 +37,7 @@ STEPS = int(os.environ.get("TELEBOOST_DASHBOARD_STEPS", "1"))
 
 class WiredGRPODriver(GRPODriver):
     """GRPODriver with the wiring the runtime takes over (`StageTelemetry.export_step` in
-    `record_step`, `checkpoint_written` in `save`), plus the record keys the telemetry reads that
+    `record_step`, `checkpoint_written` in `save`, `close` at shutdown), plus the record keys the telemetry reads that
     the driver does not write yet — planned and serial-equivalent reward makespan, advantage
     statistics — computed from the same objects; a record that carries them wins."""
 
@@ -70,10 +70,6 @@ class WiredGRPODriver(GRPODriver):
         self.telemetry.checkpoint_written()
         return path
 
-    def shutdown(self):
-        super().shutdown()
-        self.telemetry.close()
-
 
 def grpo_config(run_dir):
     components = {"color": {"score": "toy_judges.color"}, "motion": {"score": "toy_judges.motion"},
@@ -95,18 +91,20 @@ def grpo_config(run_dir):
 
 
 def other_stages():
-    """SFT and DPO records with the keys their drivers write, through the same telemetry."""
+    """SFT and DPO records with the keys their drivers write, through the same telemetry; close
+    the returned telemetries when done (a stage's gauges live while its driver does)."""
     timeline = [{"phase": "update", "bundle": "main/0", "start": 0.0, "end": 0.8}]
     common = {"step_seconds": 1.0, "seconds/update": 0.8, "utilisation": 0.8, "actor_restarts": 0, "weights_version": 1,
               "grad_norm": 0.5, "optimizer_steps": 1, "skipped_updates": 0}
+    telemetries = []
     for stage, record in (
         ("sft", {"loss": 0.12, "sft/flow_matching": 0.1, "sft/motion": 0.02, "sft/weight_std": 0.3}),
         ("dpo", {"loss": 0.6, "implicit_accuracy": 0.75, "reward_margin": 0.4, "beta": 5000.0, "pairs/on_policy": 16,
                  "pairs/temporal": 32, "held_out/implicit_accuracy": 0.6, "held_out/reward_margin": 0.2}),
     ):
-        telemetry = StageTelemetry(stage)
-        telemetry.export_step({"step": 1, **common, **record}, timeline)
-        telemetry.close()  # the refresh thread stops; Ray keeps the last values ~20 s, long enough here
+        telemetries.append(StageTelemetry(stage))
+        telemetries[-1].export_step({"step": 1, **common, **record}, timeline)
+    return telemetries
 
 
 @pytest.fixture
@@ -170,30 +168,37 @@ def test_every_dashboard_panel_has_data_from_a_real_run(ray_cluster, reward_endp
             records = driver.train()
         finally:
             driver.shutdown()
-        other_stages()
+        telemetries = [driver.telemetry, *other_stages()]  # closed at the end, as at each driver's end
         send_requests(url, 3)
+        try:
+            check_dashboards(prometheus, records, started)
+        finally:
+            for telemetry in telemetries:
+                telemetry.close()
 
-        deadline = time.monotonic() + 45  # Ray's agent exports every 10 s; Prometheus scrapes every 1 s
-        while (missing := missing_panels(prometheus)) and time.monotonic() < deadline:
-            time.sleep(1)
-        assert not missing, "panels without data:\n" + "\n".join(map(str, missing))
 
-        assert {t["labels"]["job"]: t["health"] for t in prometheus.api("targets")["activeTargets"]} == {
-            "ray": "up", "teleboost_reward_http": "up"}
-        step = prometheus.query('ray_teleboost_steps_total{stage="grpo"}')
-        assert float(step[0]["value"][1]) == STEPS == records[-1]["step"]
-        bundles = {s["metric"]["bundle"] for s in prometheus.query('ray_teleboost_bundle_busy_seconds_total{stage="grpo"}')}
-        assert bundles == {"main/0"}
-        makespan = {s["metric"]["schedule"]: float(s["value"][1])
-                    for s in prometheus.query('ray_teleboost_reward_makespan_seconds{stage="grpo"}')}
-        assert makespan["serial"] >= makespan["planned"] > 0 and makespan["measured"] > 0
-        checkpoints = prometheus.query('ray_teleboost_checkpoints_written_total{stage="grpo"}')
-        assert float(checkpoints[0]["value"][1]) == STEPS
+def check_dashboards(prometheus, records, started):
+    deadline = time.monotonic() + 45  # Ray's agent exports every 10 s; Prometheus scrapes every 1 s
+    while (missing := missing_panels(prometheus)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not missing, "panels without data:\n" + "\n".join(map(str, missing))
 
-        check_names_and_labels(prometheus)
-        if os.environ.get("TELEBOOST_DASHBOARD_PNGS"):
-            render(prometheus.url, Path(os.environ["TELEBOOST_DASHBOARD_PNGS"]),
-                   started - 30, time.time())
+    assert {t["labels"]["job"]: t["health"] for t in prometheus.api("targets")["activeTargets"]} == {
+        "ray": "up", "teleboost_reward_http": "up"}
+    step = prometheus.query('ray_teleboost_steps_total{stage="grpo"}')
+    assert float(step[0]["value"][1]) == STEPS == records[-1]["step"]
+    bundles = {s["metric"]["bundle"] for s in prometheus.query('ray_teleboost_bundle_busy_seconds_total{stage="grpo"}')}
+    assert bundles == {"main/0"}
+    makespan = {s["metric"]["schedule"]: float(s["value"][1])
+                for s in prometheus.query('ray_teleboost_reward_makespan_seconds{stage="grpo"}')}
+    assert makespan["serial"] >= makespan["planned"] > 0 and makespan["measured"] > 0
+    checkpoints = prometheus.query('ray_teleboost_checkpoints_written_total{stage="grpo"}')
+    assert float(checkpoints[0]["value"][1]) == STEPS
+
+    check_names_and_labels(prometheus)
+    if os.environ.get("TELEBOOST_DASHBOARD_PNGS"):
+        render(prometheus.url, Path(os.environ["TELEBOOST_DASHBOARD_PNGS"]),
+               started - 30, time.time())
 
 
 def check_names_and_labels(prometheus):
