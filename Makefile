@@ -4,13 +4,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CONFIG ?= configs/toy.yaml
-RAY_DASHBOARD := http://127.0.0.1:8265
+HEAD_DIR := runs/head
 export OMP_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 # Ray 2.5x+ protects a head with a token (~/.ray/auth_token); the CLI must be told to send it.
 export RAY_AUTH_MODE ?= token
+# Debian packages some tests drive for real: Chromium (the HTML report), Prometheus (dashboards).
+SYSTEM_PACKAGES := chromium prometheus
 
-.PHONY: venv demo test bench pretrain grpo cluster-up cluster-down submit-grpo serve-rewards clean
+.PHONY: venv system-packages demo test bench pretrain grpo cluster-up cluster-down submit-grpo serve-rewards dashboards clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -19,13 +21,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-## demo: pretrain the toy base model (cached), then 30 GRPO steps on a local Ray cluster
-demo: $(STAMP)
-	$(PY) -m cluster.jobs.pretrain --config $(CONFIG)
-	$(PY) -m cluster.jobs.grpo --config $(CONFIG)
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing (Debian)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null) \
+		|| echo "could not install$$missing: the tests that need them will say so and skip"; fi
 
-## test: the whole suite on CPU (real Ray, real Serve, real HTTP)
-test: $(STAMP)
+## demo: the whole pipeline on the toy world — pretrain (shipped, cached) → SFT → GRPO → DPO → eval → HTML report
+demo: $(STAMP)
+	$(PY) -m cluster.jobs.pipeline --config $(CONFIG) --out runs/pipeline
+
+## test: the whole suite on CPU (real Ray, real Serve, real HTTP, real Prometheus and Chromium)
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
 pretrain: $(STAMP)
@@ -39,6 +46,7 @@ bench: $(STAMP)
 	$(PY) -m bench.grpo_step --config $(CONFIG)
 	$(PY) -m bench.pool --config $(CONFIG)
 	$(PY) -m bench.reward_makespan
+	$(PY) -m bench.dpo_memory
 	$(PY) -m bench.http_load
 
 ## serve-rewards: the reward HTTP endpoint on 127.0.0.1:8000 (POST /v1/score, GET /v1/critics, /healthz, /metrics, /docs)
@@ -46,20 +54,17 @@ REWARD_SERVER_CONFIG ?= configs/reward_server.yaml
 serve-rewards: $(STAMP)
 	$(PY) -m reward_services.serve --config $(REWARD_SERVER_CONFIG)
 
-## cluster-up / cluster-down: a local Ray head on loopback only, with 2 stand-in accelerators
+## cluster-up / cluster-down: a private Ray head on loopback (its own ports and temp dir), stopped exactly
 cluster-up: $(STAMP)
-	$(VENV)/bin/ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
-		--resources='{"accelerator": 2}' --disable-usage-stats \
-		--dashboard-agent-listen-port=52390  # not the default 52365 that any other local Ray instance takes
+	$(PY) -m cluster.local_head up --dir $(HEAD_DIR)
 cluster-down:
-	-$(VENV)/bin/ray stop
+	$(PY) -m cluster.local_head down --dir $(HEAD_DIR)
 
 ## submit-grpo: the same GRPO job through `ray job submit` to the head from cluster-up
 submit-grpo: $(STAMP)
-	$(VENV)/bin/ray job submit --address $(RAY_DASHBOARD) \
+	$(VENV)/bin/ray job submit --address $$($(PY) -c "import json; print(json.load(open('$(HEAD_DIR)/head.json'))['address'])") \
 		--runtime-env-json '{"env_vars": {"OMP_NUM_THREADS": "1"}}' -- \
-		$(abspath $(PY)) -m cluster.jobs.grpo --config $(abspath $(CONFIG)) \
-		--set run_dir=$(abspath runs/toy-job) --set policy.model_path=$(abspath runs/base/tiny)
+		bash -c "cd $(CURDIR) && exec $(abspath $(PY)) -m cluster.jobs.grpo --config $(abspath $(CONFIG)) --set run_dir=$(abspath runs/toy-job)"
 
 clean:
 	rm -rf runs .pytest_cache

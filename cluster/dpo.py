@@ -36,6 +36,7 @@ from algorithms.dpo import select_hard_negatives
 from cluster.config import TeleBoostConfig
 from cluster.group_phases import GroupPhases
 from cluster.pool import PhaseTimeline
+from cluster.progress import progress_bar
 from cluster.prompts import load_prompts
 from cluster.run_log import plot_curves
 from cluster.runtime import StageRuntime, run_stage
@@ -79,23 +80,25 @@ class DPODriver(GroupPhases, StageRuntime):
         sizes = [cfg.batch_size] * len(self.learners)
         if cfg.eval_every and self.start_step == 0 and self.pair_counts.get("held_out"):
             self.metrics.write({"step": 0, **self.evaluate_held_out()})  # the reference itself: accuracy 0, margin 0
-        for step in range(self.start_step + 1, cfg.steps + 1):
-            timeline = PhaseTimeline(self.pool.all_bundles())
-            # pairs → update: each learner streams its shard of pair batch `step`, all take one step
-            results = self.run_phase(timeline, "update", lambda: self.learners.update(
-                self.step_seed(step, "update"), sizes, [(step,)] * len(self.learners)), {})
-            update = self.learners.merge([results[bundle][0] for bundle in self.learners.handles], sizes)
-            self.version = update["version"]
-            record = {"step": step, **update, **{f"pairs/{k}": v for k, v in self.pair_counts.items()}}
-            if cfg.reference_refresh_every and step % cfg.reference_refresh_every == 0:
-                ray.get([learner.refresh_reference.remote() for learner in self.learners.handles.values()])
-            if cfg.eval_every and self.pair_counts.get("held_out") and (step % cfg.eval_every == 0 or step == cfg.steps):
-                record.update(self.evaluate_held_out())
-            record = self.record_step(record, timeline)
-            log.info("step %d/%d loss %.4f implicit accuracy %.3f margin %.4g β %.0f", step, cfg.steps, record["loss"],
-                     record["implicit_accuracy"], record["reward_margin"], record["beta"])
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                self.save(step, {"pair_counts": self.pair_counts}, keep=cfg.keep_checkpoints)
+        with progress_bar("DPO", cfg.steps, self.start_step) as advance:
+            for step in range(self.start_step + 1, cfg.steps + 1):
+                timeline = PhaseTimeline(self.pool.all_bundles())
+                # pairs → update: each learner streams its shard of pair batch `step`, all take one step
+                results = self.run_phase(timeline, "update", lambda: self.learners.update(
+                    self.step_seed(step, "update"), sizes, [(step,)] * len(self.learners)), {})
+                update = self.learners.merge([results[bundle][0] for bundle in self.learners.handles], sizes)
+                self.version = update["version"]
+                record = {"step": step, **update, **{f"pairs/{k}": v for k, v in self.pair_counts.items()}}
+                if cfg.reference_refresh_every and step % cfg.reference_refresh_every == 0:
+                    ray.get([learner.refresh_reference.remote() for learner in self.learners.handles.values()])
+                if cfg.eval_every and self.pair_counts.get("held_out") and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    record.update(self.evaluate_held_out())
+                record = self.record_step(record, timeline)
+                log.info("step %d/%d loss %.4f implicit accuracy %.3f margin %.4g β %.0f", step, cfg.steps, record["loss"],
+                         record["implicit_accuracy"], record["reward_margin"], record["beta"])
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    self.save(step, {"pair_counts": self.pair_counts}, keep=cfg.keep_checkpoints)
+                advance()
         records = self.metrics.records()
         if records:
             plot_curves(records, ["implicit_accuracy", "held_out/implicit_accuracy"], self.run_dir / "accuracy_curve.png",

@@ -36,6 +36,7 @@ from actors.rollout import RolloutActor
 from cluster.advantage import AdvantageEstimator, AdvantageResult
 from cluster.config import GRPOConfig, TeleBoostConfig
 from cluster.pool import PhaseTimeline
+from cluster.progress import progress_bar
 from cluster.group_phases import GroupPhases
 from cluster.prompts import load_prompts
 from cluster.run_log import plot_curves
@@ -83,34 +84,36 @@ class GRPODriver(GroupPhases, StageRuntime):
         cfg = self.config.grpo
         if cfg.eval_every and self.start_step == 0:  # the baseline, before any update
             self.metrics.write({"step": 0, "eval_reward": self.evaluate_fixed()})
-        for step in range(self.start_step + 1, cfg.steps + 1):
-            timeline = PhaseTimeline(self.pool.all_bundles())
-            prompts = self.prompts_for(step)
+        with progress_bar("GRPO", cfg.steps, self.start_step) as advance:
+            for step in range(self.start_step + 1, cfg.steps + 1):
+                timeline = PhaseTimeline(self.pool.all_bundles())
+                prompts = self.prompts_for(step)
 
-            # 1. sample: every main bundle draws whole groups for its share of the prompts
-            shards = self.shard(prompts)
-            video_refs, trajectory_refs = self.sample(timeline, shards, f"{step}", cfg.group_size)
+                # 1. sample: every main bundle draws whole groups for its share of the prompts
+                shards = self.shard(prompts)
+                video_refs, trajectory_refs = self.sample(timeline, shards, f"{step}", cfg.group_size)
 
-            # 2. evaluate: rewards per component [P, G] → advantages (non-finite groups dropped)
-            rewards, scores, num_gated = self.evaluate(timeline, video_refs, shards)
-            kept = torch.stack([torch.isfinite(r).all(dim=1) for r in rewards.values()]).all(dim=0)
-            if not kept.all():
-                log.warning("dropped %d group(s) with non-finite rewards", int((~kept).sum()))
-            advantages = self.estimator.compute(prompts, rewards, kept)
+                # 2. evaluate: rewards per component [P, G] → advantages (non-finite groups dropped)
+                rewards, scores, num_gated = self.evaluate(timeline, video_refs, shards)
+                kept = torch.stack([torch.isfinite(r).all(dim=1) for r in rewards.values()]).all(dim=0)
+                if not kept.all():
+                    log.warning("dropped %d group(s) with non-finite rewards", int((~kept).sum()))
+                advantages = self.estimator.compute(prompts, rewards, kept)
 
-            # 3. update: each learner on the samples its bundle drew, then ship the new weights
-            update = self.update(timeline, step, shards, trajectory_refs, advantages)
-            self.version = self.sync_weights()
+                # 3. update: each learner on the samples its bundle drew, then ship the new weights
+                update = self.update(timeline, step, shards, trajectory_refs, advantages)
+                self.version = self.sync_weights()
 
-            record = self.record(step, rewards, kept, scores, num_gated, advantages.logs, update)
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                record["eval_reward"] = self.evaluate_fixed()
-            record = self.record_step(record, timeline)
-            log.info("step %d/%d reward %.4f ± %.4f  loss %.4g  (sample %.2fs, evaluate %.2fs, update %.2fs, util %.2f)",
-                     step, cfg.steps, record["reward_mean"], record["reward_std"], update["loss"], record["seconds/sample"],
-                     record["seconds/evaluate"], record["seconds/update"], record["utilisation"])
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                self.save(step, {"advantage_estimator": self.estimator.state_dict()}, keep=cfg.keep_checkpoints)
+                record = self.record(step, rewards, kept, scores, num_gated, advantages.logs, update)
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    record["eval_reward"] = self.evaluate_fixed()
+                record = self.record_step(record, timeline)
+                log.info("step %d/%d reward %.4f ± %.4f  loss %.4g  (sample %.2fs, evaluate %.2fs, update %.2fs, util %.2f)",
+                         step, cfg.steps, record["reward_mean"], record["reward_std"], update["loss"], record["seconds/sample"],
+                         record["seconds/evaluate"], record["seconds/update"], record["utilisation"])
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    self.save(step, {"advantage_estimator": self.estimator.state_dict()}, keep=cfg.keep_checkpoints)
+                advance()
         records = self.metrics.records()
         if records:
             plot_curves(records, ["reward_mean", "eval_reward"], self.run_dir / "reward_curve.png",

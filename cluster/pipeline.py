@@ -19,17 +19,15 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cluster.local_head import LocalHead
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "sft", "grpo", "dpo", "eval", "report")
@@ -62,69 +60,6 @@ def stage_plan(config_path: Path, out: Path, overrides: list[str], config) -> li
     plan.append(Stage("eval", python + ["cluster.jobs.eval", *common, "--pipeline-dir", str(out)], 0, out / "eval"))
     plan.append(Stage("report", python + ["cluster.jobs.report", "--pipeline-dir", str(out)], 0, out / "report"))
     return plan
-
-
-class LocalHead:
-    """A Ray head on 127.0.0.1 owned by this process: `ray start --head --block` in its own
-    session, with EVERY port (GCS, dashboard, dashboard agent, metrics, ...) chosen free and its
-    own temp dir, so it never collides with another Ray instance on the machine; leaving the
-    block stops exactly the processes it started (never `ray stop`, which ends every Ray
-    process on the machine). Token authentication stays on (`RAY_AUTH_MODE=token`)."""
-
-    PORTS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-             "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
-
-    def __init__(self, accelerators: int, cpus: int):
-        self.accelerators, self.cpus = accelerators, cpus
-
-    def __enter__(self) -> "LocalHead":
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported: set it first
-        from ray.job_submission import JobSubmissionClient
-
-        self.temp_dir = tempfile.mkdtemp(prefix="teleboost-ray-")
-        ports = {name: _free_port() for name in self.PORTS}
-        command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                   "--dashboard-host=127.0.0.1", f"--temp-dir={self.temp_dir}", f"--num-cpus={self.cpus}",
-                   f"--resources={json.dumps({'accelerator': self.accelerators})}", "--disable-usage-stats",
-                   *[f"--{name}={port}" for name, port in ports.items()]]
-        self.log = Path(self.temp_dir) / "head.log"
-        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.address = f"http://127.0.0.1:{ports['dashboard-port']}"
-        deadline = time.monotonic() + 120
-        while True:  # the job server and its agent come up a few seconds after the head
-            try:
-                self.client = JobSubmissionClient(self.address)
-                self.client.list_jobs()
-                return self
-            except Exception as err:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.__exit__()
-                    raise RuntimeError(f"the local Ray head did not come up ({err}); see {self.log}") from None
-                time.sleep(1)
-
-    def submit(self, entrypoint: str) -> str:
-        deadline = time.monotonic() + 60
-        while True:  # "No available agent to submit job" right after start-up: retry briefly
-            try:
-                return self.client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-            except RuntimeError as err:
-                if "No available agent" not in str(err) or time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_stage(head: LocalHead, stage: Stage, resume: bool, progress: Progress) -> float:

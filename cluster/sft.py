@@ -22,6 +22,7 @@ from actors.learner import OptimizerSpec
 from actors.objectives.sft import SFTObjective
 from cluster.config import TeleBoostConfig
 from cluster.pool import PhaseTimeline
+from cluster.progress import progress_bar
 from cluster.run_log import plot_curves
 from cluster.runtime import StageRuntime, run_stage
 
@@ -54,18 +55,20 @@ class SFTDriver(StageRuntime):
     def train(self) -> list[dict]:
         cfg = self.config.sft
         sizes = [cfg.batch_size] * len(self.learners)
-        for step in range(self.start_step + 1, cfg.steps + 1):
-            timeline = PhaseTimeline(self.pool.all_bundles())
-            # load batch → update: each learner draws its shard of batch `step` and all take one step
-            results = self.run_phase(timeline, "update", lambda: self.learners.update(
-                self.step_seed(step, "update"), sizes, [(step,)] * len(self.learners)), {})
-            update = self.learners.merge([results[bundle][0] for bundle in self.learners.handles], sizes)
-            self.version = update["version"]
-            record = self.record_step({"step": step, **update}, timeline)
-            log.info("step %d/%d loss %.4f%s (%.2fs)", step, cfg.steps, record["loss"],
-                     f" weights ±{record['sft/weight_std']:.3f}" if "sft/weight_std" in record else "", record["seconds/update"])
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                self.save(step, {}, keep=cfg.keep_checkpoints)
+        with progress_bar("SFT", cfg.steps, self.start_step) as advance:
+            for step in range(self.start_step + 1, cfg.steps + 1):
+                timeline = PhaseTimeline(self.pool.all_bundles())
+                # load batch → update: each learner draws its shard of batch `step` and all take one step
+                results = self.run_phase(timeline, "update", lambda: self.learners.update(
+                    self.step_seed(step, "update"), sizes, [(step,)] * len(self.learners)), {})
+                update = self.learners.merge([results[bundle][0] for bundle in self.learners.handles], sizes)
+                self.version = update["version"]
+                record = self.record_step({"step": step, **update}, timeline)
+                log.info("step %d/%d loss %.4f%s (%.2fs)", step, cfg.steps, record["loss"],
+                         f" weights ±{record['sft/weight_std']:.3f}" if "sft/weight_std" in record else "", record["seconds/update"])
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    self.save(step, {}, keep=cfg.keep_checkpoints)
+                advance()
         records = self.metrics.records()
         if records:
             keys = [k for k in ("loss", "sft/flow_matching", "sft/motion", "sft/reconstruction") if k in records[-1]]

@@ -17,6 +17,7 @@ Does not: log histograms or model weights, or retry a failed write.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
@@ -110,9 +111,7 @@ def wandb_configured() -> bool:
     mode = os.environ.get("WANDB_MODE", "")
     if mode == "disabled":
         return False
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("wandb") is None:
         return False
     return bool(os.environ.get("WANDB_API_KEY")) or mode in ("online", "offline")
 

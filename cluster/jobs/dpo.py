@@ -7,7 +7,7 @@ from cluster.jobs.common import parse_job_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, args = parse_job_args("Diffusion-DPO (Stage III) on a Ray pool.", argv)
+    config, args = parse_job_args("Diffusion-DPO (Stage III) on a Ray pool.", argv, sections=("dpo",))
     from cluster import dpo  # after validation: a bad config fails before Ray or torch models load
 
     records = [r for r in dpo.run(config, resume=args.resume) if "loss" in r]

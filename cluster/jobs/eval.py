@@ -13,7 +13,7 @@ TRAINED = ("sft", "grpo", "dpo")
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, args = parse_job_args("Evaluate base, SFT, GRPO and DPO on held-out prompts.", argv,
+    config, args = parse_job_args("Evaluate base, SFT, GRPO and DPO on held-out prompts.", argv, sections=("eval",),
                                   extra=[("--pipeline-dir", {"required": True, "help": "the pipeline's run dir"})])
     from cluster.evaluate import evaluate_pipeline  # after validation
 

@@ -7,7 +7,7 @@ from cluster.jobs.common import parse_job_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, args = parse_job_args("GRPO (Stage II) on a Ray pool.", argv)
+    config, args = parse_job_args("GRPO (Stage II) on a Ray pool.", argv, sections=("grpo",))
     from cluster import grpo  # after validation: a bad config fails before Ray or torch models load
 
     records = grpo.run(config, resume=args.resume)

@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 from cluster.config import TeleBoostConfig
+from algorithms.sft import noisy_latents, sample_sigmas
 from cluster.jobs.common import parse_job_args
+from cluster.progress import progress_bar
 from policy.sampling import sample_trajectories
 from policy.wan import VideoPolicy, build_policy, sampling_sigmas, save_policy
 from toyworld.judges import judge_all
@@ -61,15 +63,17 @@ def train_vae(policy: VideoPolicy, world: ToyWorld, cfg, seed: int) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg.vae_steps, 1))
     started = time.time()
-    for step in range(cfg.vae_steps):
-        videos, _ = _batch(short, cfg.batch_size, seed=seed * 1_000_003 + step)
-        pixels = videos.permute(0, 4, 1, 2, 3) * 2 - 1
-        posterior = vae.encode(pixels).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        recon_loss = (recon - pixels).abs().mean() + (recon - pixels).pow(2).mean()
-        _optimizer_step(optimizer, schedule, recon_loss + cfg.kl_weight * posterior.kl().mean())
-        if step % 100 == 0 or step == cfg.vae_steps - 1:
-            log.info("vae step %d/%d recon %.4f (%.0fs)", step + 1, cfg.vae_steps, recon_loss.item(), time.time() - started)
+    with progress_bar("pretrain VAE", cfg.vae_steps) as advance:
+        for step in range(cfg.vae_steps):
+            videos, _ = _batch(short, cfg.batch_size, seed=seed * 1_000_003 + step)
+            pixels = videos.permute(0, 4, 1, 2, 3) * 2 - 1
+            posterior = vae.encode(pixels).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+            recon_loss = (recon - pixels).abs().mean() + (recon - pixels).pow(2).mean()
+            _optimizer_step(optimizer, schedule, recon_loss + cfg.kl_weight * posterior.kl().mean())
+            if step % 100 == 0 or step == cfg.vae_steps - 1:
+                log.info("vae step %d/%d recon %.4f (%.0fs)", step + 1, cfg.vae_steps, recon_loss.item(), time.time() - started)
+            advance()
     vae.requires_grad_(False)
     vae.eval()
 
@@ -104,19 +108,18 @@ def train_transformer(policy: VideoPolicy, world: ToyWorld, cfg, shift: float, s
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(cfg.transformer_steps, 1))
     generator = torch.Generator().manual_seed(seed)
     started = time.time()
-    for step in range(cfg.transformer_steps):
-        index = torch.randint(len(dataset_prompts), (cfg.transformer_batch_size,), generator=generator)
-        x0 = dataset[index]
-        text = policy.encode_prompts([dataset_prompts[i] for i in index.tolist()])
-        u = torch.rand(x0.shape[0], generator=generator)
-        sigma = shift * u / (1 + (shift - 1) * u)  # the same shift the sampler's schedule uses
-        noise = torch.randn(x0.shape, generator=generator)
-        s = sigma.view(-1, 1, 1, 1, 1)
-        x_t = (1 - s) * x0 + s * noise
-        loss = (policy.velocity(x_t, sigma, text) - (noise - x0)).pow(2).mean()
-        _optimizer_step(optimizer, schedule, loss)
-        if step % 200 == 0 or step == cfg.transformer_steps - 1:
-            log.info("transformer step %d/%d loss %.4f (%.0fs)", step + 1, cfg.transformer_steps, loss.item(), time.time() - started)
+    with progress_bar("pretrain transformer", cfg.transformer_steps) as advance:
+        for step in range(cfg.transformer_steps):
+            index = torch.randint(len(dataset_prompts), (cfg.transformer_batch_size,), generator=generator)
+            x0 = dataset[index]
+            text = policy.encode_prompts([dataset_prompts[i] for i in index.tolist()])
+            sigma = sample_sigmas(x0.shape[0], shift, generator)  # the same shift the sampler's schedule uses
+            noise = torch.randn(x0.shape, generator=generator)
+            loss = (policy.velocity(noisy_latents(x0, noise, sigma), sigma, text) - (noise - x0)).pow(2).mean()
+            _optimizer_step(optimizer, schedule, loss)
+            if step % 200 == 0 or step == cfg.transformer_steps - 1:
+                log.info("transformer step %d/%d loss %.4f (%.0fs)", step + 1, cfg.transformer_steps, loss.item(), time.time() - started)
+            advance()
     transformer.requires_grad_(False)
     transformer.eval()
 
@@ -160,7 +163,7 @@ def pretrain(config: TeleBoostConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, _ = parse_job_args("Pretrain the toy world's tiny Wan base model.", argv)
+    config, _ = parse_job_args("Pretrain the toy world's tiny Wan base model.", argv, sections=("pretrain",))
     pretrain(config)
 
 

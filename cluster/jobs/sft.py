@@ -7,7 +7,7 @@ from cluster.jobs.common import parse_job_args
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, args = parse_job_args("Supervised fine-tuning (Stage I) on a Ray pool.", argv)
+    config, args = parse_job_args("Supervised fine-tuning (Stage I) on a Ray pool.", argv, sections=("sft",))
     from cluster import sft  # after validation: a bad config fails before Ray or torch models load
 
     records = sft.run(config, resume=args.resume)
