@@ -43,7 +43,7 @@ def test_scalars_and_clips_reach_tensorboard(tmp_path):
 
 
 def test_log_never_waits_for_a_slow_backend(tmp_path, monkeypatch):
-    monkeypatch.setattr(TensorBoardBackend, "scalars", lambda self, step, values: time.sleep(0.3))
+    monkeypatch.setattr(TensorBoardBackend, "scalars", lambda self, step, values: time.sleep(0.1))
     tracker = ExperimentTracker(tmp_path, "sft")
     started = time.perf_counter()
     for step in range(5):
