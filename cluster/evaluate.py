@@ -5,9 +5,10 @@ Each stage's final policy (the base model, then each stage's newest checkpoint a
 level 0), so a difference between two stages comes from their weights alone. Per stage it
 records, as mean and 95 % t-interval over the seeds (`evaluation.vbench.summarize`):
 - the VBench-style dimensions and the toy world's verifiable judges (`evaluation.vbench`);
-- each stage's target metric: SFT's background warp error on camera-motion prompts (report
-  §2.3), GRPO's reward (the toy judges' overall), DPO's temporal ones — the motion critic's
-  time direction and frozen-frame scores (report §4.2's reversed and frozen negatives);
+- each stage's target metric (`target_metrics`): SFT's reward on instruction / control prompts
+  and background warp error on camera prompts (report §2.2-2.3), GRPO's reward on the object
+  prompts it trains on, DPO's temporal ones — the motion critic's time direction and frozen
+  frames (report §4.2's reversed and frozen negatives);
 and automatic GSB (`evaluation.judge.AutoJudge`, report Table 1) of the final model against the
 base and of each stage against the one before, plus GIFs of every (prompt, seed) per stage.
 
@@ -33,9 +34,11 @@ from policy.sampling import sample_trajectories
 from policy.wan import load_policy, sampling_sigmas
 from reward_services.base import build_critic
 from toyworld.prompts import parse
+from toyworld.world import INSTRUCTION_KINDS
 
 log = logging.getLogger("teleboost.evaluate")
 CAMERA_KINDS = ("pan", "orbit")
+CONTROL_KINDS = ("pan", *INSTRUCTION_KINDS)  # camera motion, event order, composition (§2.2)
 
 
 def stage_policies(config, stage_dirs: dict[str, str | None]):
@@ -52,15 +55,22 @@ def sample_videos(policy, prompts: list[str], seed: int, config) -> torch.Tensor
     return sample_trajectories(policy, prompts, sigmas, 0.0, config.clip.shape, torch.Generator().manual_seed(seed)).videos
 
 
-def target_metrics(videos: torch.Tensor, prompts: list[str], motion_critic) -> dict[str, torch.Tensor]:
-    """[B] per target metric (NaN where it does not apply to the prompt)."""
+def target_metrics(videos: torch.Tensor, prompts: list[str], reward: torch.Tensor, motion_critic) -> dict[str, torch.Tensor]:
+    """[B] per target metric (NaN where it does not apply to the prompt): the reward split into
+    instruction / control prompts (what SFT teaches, §2.2) and plain object prompts (what GRPO
+    optimises on the toy world), the camera prompts' background warp error (§2.3), and the
+    motion critic's time direction and frozen frames (DPO's temporal negatives, §4.2)."""
     floats = videos.float() / 255
-    camera = torch.tensor([parse(p).kind in CAMERA_KINDS for p in prompts])
+    kinds = [parse(p).kind for p in prompts]
+    camera = torch.tensor([kind in CAMERA_KINDS for kind in kinds])
+    instruction = torch.tensor([kind in CONTROL_KINDS for kind in kinds])
     warp = torch.full((len(prompts),), float("nan"))
     if camera.any():
         warp[camera] = background_warp_error(floats[camera], estimate_global_shift(floats[camera]))
     motion = motion_critic.score(videos, prompts).scores
-    return {"camera_warp_error": warp, "time_direction": motion["time_direction"].float(),
+    nan = torch.tensor(float("nan"))
+    return {"reward_instruction": torch.where(instruction, reward, nan), "reward_object": torch.where(instruction, nan, reward),
+            "camera_warp_error": warp, "time_direction": motion["time_direction"].float(),
             "frozen_frames": motion["frozen_frames"].float()}
 
 
@@ -78,8 +88,8 @@ def evaluate_pipeline(config, stage_dirs: dict[str, str | None], out_dir: str | 
         videos_by_stage[stage] = per_seed
         values: dict[str, list[torch.Tensor]] = {}
         for videos in per_seed:
-            scores = {**evaluate_videos(videos, prompts), "reward": judge.critic_scores(videos, prompts)["toy_judges.overall"],
-                      **target_metrics(videos, prompts, motion_critic)}
+            reward = judge.critic_scores(videos, prompts)["toy_judges.overall"]
+            scores = {**evaluate_videos(videos, prompts), "reward": reward, **target_metrics(videos, prompts, reward, motion_critic)}
             for name, value in scores.items():
                 values.setdefault(name, []).append(value.float())
         metrics[stage] = {name: summarize(torch.stack(per)) for name, per in values.items()}
