@@ -2,14 +2,15 @@
 endpoint; prints the URLs and runs until Ctrl-C, then stops the Prometheus it started (by PID) and
 nothing else.
 
-    python -m deploy.local.dashboards [--ray-temp-dir /tmp/ray] [--port 9095]
+    python -m deploy.local.dashboards [--head runs/head/head.json | --ray-temp-dir DIR] [--port 9095]
         [--reward-target 127.0.0.1:8000] [--scrape-interval 5s] [--state-dir runs/prometheus]
 
 It renders deploy/prometheus/prometheus.yml for this machine (the service-discovery file of the
 Ray temp dir, the reward targets, the interval) into the state dir and runs Debian's `prometheus`
-(`apt-get install -y prometheus`) with its data there. Ray's dashboard writes the discovery file,
-so start the head with it (`make cluster-up`); a Ray started by a stage's own `ray.init` has no
-dashboard and no file. Grafana is not bundled (it is not a Debian package): point one at the
+(`apt-get install -y prometheus`) with its data there. The Ray temp dir is `--ray-temp-dir`, else
+the one `make cluster-up` recorded in `--head` (runs/head/head.json), else Ray's default /tmp/ray.
+Ray's dashboard writes the discovery file, so the head must run one (`make cluster-up` does); a
+Ray started by a stage's own `ray.init` has no dashboard and no file. Grafana is not bundled (it is not a Debian package): point one at the
 printed Prometheus with deploy/grafana/ (see its grafana.ini), or render the dashboards' panels
 to PNGs with `python -m deploy.grafana.render --prometheus <url>`.
 """
@@ -128,7 +129,8 @@ class LocalPrometheus:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ray-temp-dir", default="/tmp/ray", help="the Ray head's --temp-dir")
+    parser.add_argument("--head", default="runs/head/head.json", help="head.json written by `make cluster-up`")
+    parser.add_argument("--ray-temp-dir", help="the Ray head's --temp-dir (default: from --head, else /tmp/ray)")
     parser.add_argument("--port", type=int, default=9095, help="Prometheus's port on 127.0.0.1")
     parser.add_argument("--reward-target", action="append", default=None, metavar="HOST:PORT",
                         help="the reward endpoint to scrape (default 127.0.0.1:8000; repeat for more)")
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", default="runs/prometheus", help="rendered config, data and log")
     args = parser.parse_args(argv)
 
-    discovery = Path(args.ray_temp_dir) / SERVICE_DISCOVERY_FILE
+    head = json.loads(Path(args.head).read_text()) if Path(args.head).exists() else {}
+    discovery = Path(args.ray_temp_dir or head.get("temp_dir", "/tmp/ray")) / SERVICE_DISCOVERY_FILE
     if not discovery.exists():
         print(f"warning: {discovery} does not exist yet; Ray's dashboard writes it (start the head with "
               "`make cluster-up`); Prometheus picks it up when it appears", file=sys.stderr)
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     url = prometheus.start()
     try:
         print(f"Prometheus   {url}  (targets: {url}/targets, pid {prometheus.process.pid})")
+        if head.get("address"):
+            print(f"Ray          {head['address']}  (its Metrics tab queries Prometheus if the head ran with "
+                  f"RAY_PROMETHEUS_HOST={url})")
         print(f"Dashboards   python -m deploy.grafana.render --prometheus {url} --out docs/dashboards")
         print(f"Grafana      RAY_PROMETHEUS_HOST={url} grafana server --config deploy/grafana/grafana.ini "
               f"(with TELEBOOST_DEPLOY={REPO / 'deploy'}); see deploy/grafana/grafana.ini")

@@ -1,5 +1,6 @@
-"""`make dashboards` (python -m deploy.local.dashboards): Prometheus on loopback on its own port with the
-rendered config, URLs printed, and Ctrl-C stops exactly the Prometheus it started."""
+"""`make dashboards` (python -m deploy.local.dashboards): Prometheus on loopback on its own port, scraping
+the discovery file of the head `make cluster-up` recorded, URLs printed, and Ctrl-C stops exactly the
+Prometheus it started."""
 
 import json
 import os
@@ -25,7 +26,9 @@ def test_runs_prometheus_on_loopback_and_stops_only_it(tmp_path):
     bystander = subprocess.Popen(["sleep", "60"])  # another process of this user: must survive
     port = free_port()
     state = tmp_path / "state"
-    command = [sys.executable, "-m", "deploy.local.dashboards", "--ray-temp-dir", str(tmp_path / "ray"), "--port", str(port),
+    head = tmp_path / "head.json"  # what `make cluster-up` records
+    head.write_text(json.dumps({"address": "http://127.0.0.1:1", "pid": 1, "temp_dir": str(tmp_path / "ray")}))
+    command = [sys.executable, "-m", "deploy.local.dashboards", "--head", str(head), "--port", str(port),
                "--state-dir", str(state), "--reward-target", "127.0.0.1:9", "--scrape-interval", "2s"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
