@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cluster.config import load_config, parse_overrides
 from deploy.grafana import build
 from deploy.kuberay import render
 from deploy.local.dashboards import render_prometheus_config
@@ -70,10 +71,10 @@ def test_rayjob_per_stage(stage):
     assert len(job["metadata"]["name"]) <= 47  # KubeRay's limit for RayJob names
     argv = shlex.split(spec["entrypoint"])
     assert argv[:3] == ["python", "-m", f"cluster.jobs.{stage}"]
-    config = argv[argv.index("--config") + 1]
-    assert (REPO / Path(config).relative_to("/app")).exists(), config
-    if stage != "eval":  # the eval job is issue 14's
-        assert (REPO / "cluster" / "jobs" / f"{stage}.py").exists()
+    config = REPO / Path(argv[argv.index("--config") + 1]).relative_to("/app")  # the image holds the repo at /app
+    overrides = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+    assert load_config(config, parse_overrides(overrides)).run_dir.startswith("/runs/")  # validates as the job will
+    assert (REPO / "cluster" / "jobs" / f"{stage}.py").exists()
     assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
     assert spec["submissionMode"] in SUBMISSION_MODES
     # KubeRay refuses a TTL without shutdownAfterJobFinishes, and needs a cluster spec or selector
