@@ -70,6 +70,10 @@ class WiredGRPODriver(GRPODriver):
         self.telemetry.checkpoint_written()
         return path
 
+    def shutdown(self):
+        super().shutdown()
+        self.telemetry.close()
+
 
 def grpo_config(run_dir):
     components = {"color": {"score": "toy_judges.color"}, "motion": {"score": "toy_judges.motion"},
@@ -163,18 +167,17 @@ def test_every_dashboard_panel_has_data_from_a_real_run(ray_cluster, reward_endp
         send_requests(url, 1)  # the labelled HTTP series exist before the run, so their rates are defined
         started = time.time()
         driver = WiredGRPODriver(grpo_config(tmp_path / "run"))
-        try:
+        telemetries = []
+        try:  # checked before the drivers end: a stage's gauges leave Prometheus once its driver stops
             driver.setup()
             records = driver.train()
-        finally:
-            driver.shutdown()
-        telemetries = [driver.telemetry, *other_stages()]  # closed at the end, as at each driver's end
-        send_requests(url, 3)
-        try:
+            telemetries = other_stages()
+            send_requests(url, 3)
             check_dashboards(prometheus, records, started)
         finally:
             for telemetry in telemetries:
                 telemetry.close()
+            driver.shutdown()
 
 
 def check_dashboards(prometheus, records, started):
