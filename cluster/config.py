@@ -111,6 +111,7 @@ class PretrainConfig(Section):
     transformer_lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
     eval_prompts: int = Field(32, ge=1)
+    statistics_clips: int = Field(256, ge=2, description="clips the VAE's per-channel latent mean/std are measured on")
 
 
 class JointRewardConfig(Section):

@@ -149,7 +149,7 @@ def pretrain(config: TeleBoostConfig) -> Path:
 
     torch.set_num_threads(os.cpu_count() or 1)  # one process, nothing beside it: use every core
     train_vae(policy, world, config.pretrain, config.seed)
-    set_latent_statistics(policy, world, config.seed)
+    set_latent_statistics(policy, world, config.seed, config.pretrain.statistics_clips)
     train_transformer(policy, world, config.pretrain, config.sampling.shift, config.seed)
 
     report = {
