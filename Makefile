@@ -66,5 +66,9 @@ submit-grpo: $(STAMP)
 		--runtime-env-json '{"env_vars": {"OMP_NUM_THREADS": "1"}}' -- \
 		bash -c "cd $(CURDIR) && exec $(abspath $(PY)) -m cluster.jobs.grpo --config $(abspath $(CONFIG)) --set run_dir=$(abspath runs/toy-job)"
 
+## dashboards: Prometheus on 127.0.0.1:9095 scraping the cluster-up head and the reward endpoint; Ctrl-C stops it (only it)
+dashboards: $(STAMP) system-packages
+	$(PY) -m deploy.local.dashboards --head $(HEAD_DIR)/head.json --port 9095
+
 clean:
 	rm -rf runs .pytest_cache

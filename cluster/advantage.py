@@ -105,7 +105,12 @@ class AdvantageEstimator:
             trust[:, ~kept] = 0.0
             sample_weights = trust.repeat_interleave(group_size, dim=1).float()
         flat = advantages.flatten(1)
-        return AdvantageResult(flat.float(), c.float(), sample_weights, torch.tensordot(c, flat, dims=1).float(), logs)
+        combined = torch.tensordot(c, flat, dims=1)
+        trained = combined.view(num_prompts, group_size)[kept]  # the samples that reach the loss
+        if trained.numel():
+            logs.update({"advantage/mean": trained.mean().item(), "advantage/std": trained.std(correction=0).item(),
+                         "advantage/abs_max": trained.abs().max().item()})
+        return AdvantageResult(flat.float(), c.float(), sample_weights, combined.float(), logs)
 
     def _kept_advantages(self, prompts, rewards, weights):
         """(A [K, P, G], RAS trust [K, P] (ones when off), c [K]) for the kept groups [N, P, G]."""

@@ -92,6 +92,8 @@ class GRPODriver(GroupPhases, StageRuntime):
                 # 1. sample: every main bundle draws whole groups for its share of the prompts
                 shards = self.shard(prompts)
                 video_refs, trajectory_refs = self.sample(timeline, shards, f"{step}", cfg.group_size)
+                if self.tracker.wants_clips(step):  # fetched and encoded on the tracking thread
+                    self.tracker.log_clips(step, video_refs[0], [p for p in next(iter(shards.values())) for _ in range(cfg.group_size)])
 
                 # 2. evaluate: rewards per component [P, G] → advantages (non-finite groups dropped)
                 rewards, scores, num_gated = self.evaluate(timeline, video_refs, shards)

@@ -46,7 +46,9 @@ class LocalHead:
                    f"--resources={json.dumps({'accelerator': self.accelerators})}", "--disable-usage-stats",
                    *[f"--{name}={port}" for name, port in ports.items()]]
         self.log = Path(self.temp_dir) / "head.log"
-        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+        # Ray's dashboard queries this Prometheus for its Metrics tab (`make dashboards` serves it)
+        env = {**os.environ, "RAY_PROMETHEUS_HOST": os.environ.get("RAY_PROMETHEUS_HOST", "http://127.0.0.1:9095")}
+        self.process = subprocess.Popen(command, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.address = f"http://127.0.0.1:{ports['dashboard-port']}"
         deadline = time.monotonic() + 120
         while True:  # the job server and its agent come up a few seconds after the head

@@ -498,6 +498,8 @@ class RewardWorkerGroup:
                 if self.profiles is None or self._profiled_shape != tuple(videos.shape):
                     self.profile(videos, prompts)
                 plan = self.plan()
+            if isinstance(plan, RewardPlan):  # what the planner predicted, for the dashboards beside the measured phase
+                self.metrics.update(planned_makespan_seconds=plan.makespan, serial_makespan_seconds=plan.serial_makespan)
             groups = plan.groups if isinstance(plan, RewardPlan) else plan
         groups = self._check_groups(groups)
 

@@ -11,7 +11,8 @@
 - atomic checksummed checkpoints of the learners and the stage's own state, and `--resume`
   (`save`, `restore`);
 - `metrics.jsonl` and `timeline.jsonl`, with each role's accelerator memory while idle next to
-  its peak (`record_step`);
+  its peak, exported to Prometheus (`cluster.telemetry`) and TensorBoard / W&B
+  (`cluster.tracking`) from the same record (`record_step`);
 - seeds that are a function of (run seed, step, purpose) only (`step_seed`), so a resumed run or
   a redone phase reproduces bit for bit.
 
@@ -32,6 +33,8 @@ import ray
 from actors.learner import Learner, OptimizerSpec
 from cluster.pool import PhaseTimeline, Pool, ensure_ray
 from cluster.run_log import MetricsLog
+from cluster.telemetry import StageTelemetry
+from cluster.tracking import ExperimentTracker
 from policy.checkpoint import load_latest, save_checkpoint
 
 log = logging.getLogger("teleboost.runtime")
@@ -105,6 +108,8 @@ class StageRuntime:
     def start(self) -> None:
         ensure_ray(self.config.pool.num_bundles)
         self.pool = Pool(self.config.pool)
+        self.telemetry = StageTelemetry(self.stage)  # Prometheus, through Ray's metrics agent
+        self.tracker = ExperimentTracker(self.run_dir, self.stage, config=self.config.model_dump(mode="json"))
         self.runtime_env = {"env_vars": {"OMP_NUM_THREADS": str(self.config.policy.torch_threads)}}
 
     def place(self, role: str, cls, *args, bundles: list[Bundle], restartable: bool = True) -> dict[Bundle, object]:
@@ -217,6 +222,7 @@ class StageRuntime:
                                {"weights_version": self.version, "init_from": self.config.policy.init_from, **state},
                                keep=keep)
         log.info("checkpoint %s", path)
+        self.telemetry.checkpoint_written()
         return path
 
     # -- records ----------------------------------------------------------------------------
@@ -227,6 +233,8 @@ class StageRuntime:
                   **{f"memory/{role}/{key}": value for role, held in self.memory.items() for key, value in held.items()}}
         self.metrics.write(record)
         self.timelines.write({"step": record["step"], "intervals": timeline.intervals})
+        self.telemetry.export_step(record, timeline.intervals)
+        self.tracker.log(record["step"], record)  # TensorBoard / W&B, off the hot path
         return record
 
     def step_seed(self, step: int | str, purpose: str) -> int:
@@ -234,6 +242,9 @@ class StageRuntime:
         return zlib.crc32(f"{self.config.seed}:{step}:{purpose}".encode())
 
     def shutdown(self) -> None:
+        for closer in ("tracker", "telemetry"):
+            if hasattr(self, closer):
+                getattr(self, closer).close()
         for actors in self.roles.values():
             for actor in actors.values():
                 ray.kill(actor, no_restart=True)

@@ -35,46 +35,6 @@ HTTP_LABELS = {"route", "method", "status", "critic", "kind", "score", "le"}
 STEPS = int(os.environ.get("TELEBOOST_DASHBOARD_STEPS", "1"))
 
 
-class WiredGRPODriver(GRPODriver):
-    """GRPODriver with the wiring the runtime takes over (`StageTelemetry.export_step` in
-    `record_step`, `checkpoint_written` in `save`, `close` at shutdown), plus the record keys the telemetry reads that
-    the driver does not write yet — planned and serial-equivalent reward makespan, advantage
-    statistics — computed from the same objects; a record that carries them wins."""
-
-    def setup(self):
-        self.telemetry = StageTelemetry("grpo")
-        super().setup()
-        compute = self.estimator.compute
-
-        def keep_last(*args, **kwargs):
-            self.last_advantages = compute(*args, **kwargs)
-            return self.last_advantages
-
-        self.estimator.compute = keep_last
-
-    def record(self, *args):
-        record = super().record(*args)
-        plan, combined = self.reward_group.plan(), self.last_advantages.combined
-        return {"reward_workers/planned_makespan_seconds": plan.makespan,
-                "reward_workers/serial_makespan_seconds": plan.serial_makespan,
-                "advantage/mean": combined.mean().item(), "advantage/std": combined.std(correction=0).item(),
-                "advantage/abs_max": combined.abs().max().item(), **record}
-
-    def record_step(self, record, timeline):
-        record = super().record_step(record, timeline)
-        self.telemetry.export_step(record, timeline.intervals)
-        return record
-
-    def save(self, *args, **kwargs):
-        path = super().save(*args, **kwargs)
-        self.telemetry.checkpoint_written()
-        return path
-
-    def shutdown(self):
-        super().shutdown()
-        self.telemetry.close()
-
-
 def grpo_config(run_dir):
     components = {"color": {"score": "toy_judges.color"}, "motion": {"score": "toy_judges.motion"},
                   "sharp": {"score": "perceptual.sharpness"}}
@@ -166,7 +126,7 @@ def test_every_dashboard_panel_has_data_from_a_real_run(ray_cluster, reward_endp
     with LocalPrometheus(config, tmp_path / "prometheus") as prometheus:
         send_requests(url, 1)  # the labelled HTTP series exist before the run, so their rates are defined
         started = time.time()
-        driver = WiredGRPODriver(grpo_config(tmp_path / "run"))
+        driver = GRPODriver(grpo_config(tmp_path / "run"))
         telemetries = []
         try:  # checked before the drivers end: a stage's gauges leave Prometheus once its driver stops
             driver.setup()
