@@ -69,6 +69,12 @@ class Critic:
     ) -> CriticOutput:
         raise NotImplementedError
 
+    def refuses(self, prompts: Sequence[str]) -> str | None:
+        """Why this critic cannot judge `prompts` (e.g. outside its prompt grammar), or None.
+        An endpoint asked for "every critic" skips a refusing one and says why, instead of
+        failing the whole request."""
+        return None
+
 
 # Built-in critics by name, imported only when built: naming a critic costs nothing until it is
 # used, and the table (not an import side effect) is the list of what exists.

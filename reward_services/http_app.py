@@ -235,6 +235,10 @@ class ScoringService:
     async def score(self, request: ScoreRequest, request_id: str) -> ScoreResponse:
         started = time.perf_counter()
         names = self.select_critics(request.critics)
+        skipped = {}
+        if request.critics is None:  # "every critic": those that cannot judge these prompts step aside
+            skipped = {name: reason for name in names if (reason := self.critics[name].refuses(request.prompts))}
+            names = [name for name in names if name not in skipped]
         loop = asyncio.get_running_loop()
 
         async def decode_and_score():
@@ -257,7 +261,7 @@ class ScoringService:
         self.metrics.videos.inc(len(request.videos))
         return ScoreResponse(
             request_id=request_id, scores=scores, gated=gated,
-            elapsed_ms=(time.perf_counter() - started) * 1e3, critic_ms=critic_ms,
+            elapsed_ms=(time.perf_counter() - started) * 1e3, critic_ms=critic_ms, skipped=skipped,
         )
 
     def score_decoded(

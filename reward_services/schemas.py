@@ -97,6 +97,9 @@ class ScoreResponse(_Model):
     )
     elapsed_ms: float
     critic_ms: dict[str, float] = Field(description="wall time per critic")
+    skipped: dict[str, str] = Field(
+        default_factory=dict, description="critics of the default set that cannot judge these prompts, with the reason "
+        "(a request that NAMES such a critic is refused with 422 instead)")
 
 
 class CriticInfo(_Model):

@@ -158,6 +158,20 @@ def test_scores_equal_direct_critic_calls(url):
     assert set(result["critic_ms"]) == {"toy_judges", "perceptual"}
 
 
+def test_free_text_prompt_skips_grammar_critics_unless_named(url):
+    """A new user's first request: any prompt. The default set scores it with every critic that
+    can judge it and says why the toy judges stepped aside; naming them gets a 422 naming the prompt."""
+    videos, _ = toy_batch(1, seed=2)
+    response = httpx.post(url + "/v1/score", json=body(videos, ["a dog runs on a beach at sunset"]), timeout=30)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result["skipped"]) == {"toy_judges"} and "prompts[0] is not a toy-world prompt" in result["skipped"]["toy_judges"]
+    assert set(result["critic_ms"]) == {"perceptual", "safety", "failing"}
+    assert result["scores"]["perceptual.sharpness"] == direct_scores(videos, ["x"], ["perceptual"])["perceptual.sharpness"]
+    named = httpx.post(url + "/v1/score", json=body(videos, ["a dog runs on a beach at sunset"], ["toy_judges"]), timeout=30)
+    assert named.status_code == 422 and named.json()["error"]["field"] == "prompts"
+
+
 def test_client_request_id_is_echoed(url):
     videos, prompts = toy_batch(1)
     response = httpx.post(url + "/v1/score", json=body(videos, prompts, ["perceptual"]),
