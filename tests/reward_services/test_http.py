@@ -172,6 +172,16 @@ def test_free_text_prompt_skips_grammar_critics_unless_named(url):
     assert named.status_code == 422 and named.json()["error"]["field"] == "prompts"
 
 
+def test_the_readmes_request_example_works_as_written(url, capsys):
+    """README's Python request, executed as written (only the server's address differs)."""
+    import re
+
+    (example,) = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    exec(example.replace("http://127.0.0.1:8000", url), {})
+    status, sharpness, skipped = capsys.readouterr().out.split(" ", 2)
+    assert status == "200" and 0.0 <= float(sharpness.strip("[]")) <= 1.0 and "toy_judges" in skipped
+
+
 def test_client_request_id_is_echoed(url):
     videos, prompts = toy_batch(1)
     response = httpx.post(url + "/v1/score", json=body(videos, prompts, ["perceptual"]),
