@@ -77,17 +77,13 @@ class DPODriver(GroupPhases, StageRuntime):
     # -- the loop ---------------------------------------------------------------------------
     def train(self) -> list[dict]:
         cfg = self.config.dpo
-        sizes = [cfg.batch_size] * len(self.learners)
         if cfg.eval_every and self.start_step == 0 and self.pair_counts.get("held_out"):
             self.metrics.write({"step": 0, **self.evaluate_held_out()})  # the reference itself: accuracy 0, margin 0
         with progress_bar("DPO", cfg.steps, self.start_step) as advance:
             for step in range(self.start_step + 1, cfg.steps + 1):
                 timeline = PhaseTimeline(self.pool.all_bundles())
                 # pairs → update: each learner streams its shard of pair batch `step`, all take one step
-                results = self.run_phase(timeline, "update", lambda: self.learners.update(
-                    self.step_seed(step, "update"), sizes, [(step,)] * len(self.learners)), {})
-                update = self.learners.merge([results[bundle][0] for bundle in self.learners.handles], sizes)
-                self.version = update["version"]
+                update = self.learner_step(timeline, step, cfg.batch_size)
                 record = {"step": step, **update, **{f"pairs/{k}": v for k, v in self.pair_counts.items()}}
                 if cfg.reference_refresh_every and step % cfg.reference_refresh_every == 0:
                     ray.get([learner.refresh_reference.remote() for learner in self.learners.handles.values()])

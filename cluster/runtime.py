@@ -173,6 +173,17 @@ class StageRuntime:
                 self.wait_alive(restartable)
                 self.version = self.sync_weights()
 
+    def learner_step(self, timeline: PhaseTimeline, step: int, batch_size: int) -> dict[str, float]:
+        """The update phase of stages whose learners draw their own data (SFT's clips, DPO's
+        pairs): every rank takes its shard of batch `step` and one synchronised optimizer step;
+        the ranks' statistics merged."""
+        sizes = [batch_size] * len(self.learners)
+        results = self.run_phase(timeline, "update", lambda: self.learners.update(
+            self.step_seed(step, "update"), sizes, [(step,)] * len(self.learners)), {})
+        update = self.learners.merge([results[bundle][0] for bundle in self.learners.handles], sizes)
+        self.version = update["version"]
+        return update
+
     def wait_alive(self, actors: dict, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
         for actor in actors.values():

@@ -54,15 +54,11 @@ class SFTDriver(StageRuntime):
 
     def train(self) -> list[dict]:
         cfg = self.config.sft
-        sizes = [cfg.batch_size] * len(self.learners)
         with progress_bar("SFT", cfg.steps, self.start_step) as advance:
             for step in range(self.start_step + 1, cfg.steps + 1):
                 timeline = PhaseTimeline(self.pool.all_bundles())
                 # load batch → update: each learner draws its shard of batch `step` and all take one step
-                results = self.run_phase(timeline, "update", lambda: self.learners.update(
-                    self.step_seed(step, "update"), sizes, [(step,)] * len(self.learners)), {})
-                update = self.learners.merge([results[bundle][0] for bundle in self.learners.handles], sizes)
-                self.version = update["version"]
+                update = self.learner_step(timeline, step, cfg.batch_size)
                 record = self.record_step({"step": step, **update}, timeline)
                 log.info("step %d/%d loss %.4f%s (%.2fs)", step, cfg.steps, record["loss"],
                          f" weights ±{record['sft/weight_std']:.3f}" if "sft/weight_std" in record else "", record["seconds/update"])

@@ -19,6 +19,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def distinct_critics(critics):
+    """A critic list's validator (trainer and HTTP server alike): non-empty, each name once."""
+    names = [critic.name for critic in critics]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"critics must be non-empty with distinct names, got {names}")
+    return critics
+
+
 class CriticSpec(Section):
     """A critic to build by its registered name, with constructor options."""
 
@@ -63,10 +71,7 @@ class RewardsConfig(Section):
     @field_validator("critics")
     @classmethod
     def _distinct(cls, critics):
-        names = [critic.name for critic in critics]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"critics must be non-empty with distinct names, got {names}")
-        return critics
+        return distinct_critics(critics)
 
     @model_validator(mode="after")
     def _components_name_configured_critics(self):

@@ -58,6 +58,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from reward_services.base import available_critics, build_critic
+from reward_services.config import distinct_critics
 from reward_services.schemas import (
     CriticInfo,
     CriticsResponse,
@@ -129,10 +130,7 @@ class ServerConfig(_Section):
     @field_validator("critics")
     @classmethod
     def _distinct(cls, critics):
-        names = [critic.name for critic in critics]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"critics must be non-empty with distinct names, got {names}")
-        return critics
+        return distinct_critics(critics)
 
 
 def resolve_token(auth: AuthConfig) -> str | None:

@@ -42,7 +42,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -1,9 +1,7 @@
 """build_report on a small recorded pipeline run, checked as files and in a real headless Chromium."""
 
 import json
-import math
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
