@@ -1,7 +1,7 @@
 """Stage II ablations on the toy world: each mechanism against plain GRPO on the failure it targets.
 
-    python -m bench.ablations [--seeds 3] [--steps 30] [--only a,a2,b,c,d] [--quick] [--out runs/ablations]
-                              [--resume]
+    python -m bench.ablations [--seeds 3] [--steps 30] [--only a,a2,a3,b,c,d] [--quick] [--out runs/ablations]
+                              [--resume] [--legacy]
 
 Every arm is a real GRPO run of the driver (cluster/grpo.py) on ONE local Ray cluster, started
 once, from the pretrained base model (runs/base/tiny); all arms of an ablation share the seeds
@@ -41,6 +41,13 @@ difference (method − baseline, same seed), in `<out>/results.md`, with the cur
                        (the later phase).
 
 Improvements are over the run's own start: k = min(5, steps // 2) steps at each end.
+
+`--legacy` adds, on the same code and base model, an arm per ablation that restores the behaviour
+issue 11 replaced, so a change from the README's earlier tables can be told apart from a change
+of the base model: (a)/(a2)/(a3) BPGO with the EMA prior (`prior_rule: ema`, the earlier default);
+(c) and (d) the method trained on L(Σ_i c_i A_i), one clipped surrogate of the combined advantage
+(`combined_surrogate`), instead of eq. (5)'s Σ_i c_i L_i. `results.md` ends with the README's
+12-seed figures from before issue 11 (`BEFORE_ISSUE_11`) beside this run's.
 Limits: 4 fixed prompts per seed (the prompt pool IS the batch), so the curves measure fitting
 those prompts, not generalisation; 5-frame 32x32 clips and 6 denoising steps keep a run under a
 minute on 2 cores; three seeds separate only large effects (read the per-seed columns).
@@ -140,12 +147,19 @@ class Ablation:
     metrics: tuple[Metric, ...]  # the first one is the headline metric
     curves: tuple[str, ...]  # record keys drawn in curves.png
     grpo: dict = field(default_factory=dict)  # overrides shared by both arms
+    # `--legacy` arms: label -> (grpo overrides, train on one surrogate of Σ c_i A_i instead of eq. 5)
+    legacy: dict[str, tuple[dict, bool]] = field(default_factory=dict)
+
+    def arm_overrides(self, arm: str) -> tuple[dict, bool]:
+        """(grpo overrides, combined_surrogate) of an arm, legacy arms included."""
+        return self.legacy[arm] if arm in self.legacy else (self.arms[arm], False)
+
     def config(self, arm: str, seed: int, steps: int, run_dir: Path):
         from cluster.config import parse_config
 
         grpo = {**COMMON["grpo"], "steps": steps, **self.grpo}
         data = {**COMMON, "run_dir": str(run_dir), "seed": seed, "rewards": self.rewards, "grpo": grpo}
-        return parse_config(data, {"grpo": self.arms[arm]})
+        return parse_config(data, {"grpo": self.arm_overrides(arm)[0]})
 
 
 SELF_PACED = {
@@ -182,6 +196,7 @@ def bpgo_ablation(key: str, title: str, setup: str, ambiguous_motions=("left", "
         metrics=(Metric("clean-objective improvement", lambda r: improvement(r, "score/noisy_toy.clean")),
                  Metric("noisy-reward improvement", lambda r: improvement(r, "reward/noisy"))),
         curves=("score/noisy_toy.clean",),
+        legacy={"BPGO, EMA prior (before issue 11)": ({"bpgo": {"ras": True, "crt": True, "prior_rule": "ema"}}, False)},
     )
 
 
@@ -190,7 +205,8 @@ ABLATIONS = {
         key="a", title="(a) BPGO vs GRPO: noisy reward on ambiguous prompts",
         setup="trained on noisy_toy.noisy = toy smoothness + N(0, 0.3²) on horizontal-motion prompts (clean elsewhere; "
               "1-3 of the 4 prompts per seed); BPGO = RAS + CRT with the config defaults, prior from 1 reference group "
-              "per prompt scored by the SAME noisy critic, EMA; metric on the clean smoothness",
+              "per prompt scored by the SAME noisy critic, pooled and frozen (prior_rule: frozen, the default since issue 11; "
+              "EMA before); metric on the clean smoothness",
         noise_std=0.3,
     ),
     "a2": bpgo_ablation(
@@ -233,6 +249,7 @@ ABLATIONS = {
                  *(Metric(f"{name} improvement", lambda r, name=name: improvement(r, f"reward/{name}")) for name in JOINT),
                  Metric("mean share of count", count_share)),
         curves=tuple(f"reward/{name}" for name in JOINT),
+        legacy={"min_norm, L(Σ c A) (before issue 11)": ({"joint_reward": {"mode": "min_norm"}}, True)},
     ),
     "d": Ablation(
         key="d", title="(d) Self-Paced vs fixed weights: a saturating first reward",
@@ -251,7 +268,29 @@ ABLATIONS = {
                  Metric("fidelity improvement", lambda r: improvement(r, "reward/fidelity")),
                  Metric("phase switch step", phase_switch_step, higher_is_better=False)),
         curves=("reward/warp", "reward/fidelity"),
+        legacy={"fixed, L(Σ c A) (before issue 11)": ({}, True),
+                "self_paced, L(Σ c A) (before issue 11)": ({"self_paced": SELF_PACED}, True)},
     ),
+}
+
+# The README's 12-seed tables from before issue 11 (commit 1a5e5bb; 30 steps, seeds 0-11, the base
+# model of that time): (ablation, arm) -> headline metric, mean ± std over seeds, and the paired
+# difference from the ablation's baseline as (mean ± std, 95% CI, seeds better).
+BEFORE_ISSUE_11 = {
+    ("a", "GRPO"): "+0.306 ± 0.098",
+    ("a", "BPGO"): "+0.304 ± 0.096 (−0.002 ± 0.090, [−0.060, +0.055], 6/12)",
+    ("a", "BPGO RAS only"): "+0.292 ± 0.134 (−0.013 ± 0.099, [−0.077, +0.050], 6/12)",
+    ("a2", "GRPO"): "+0.252 ± 0.156",
+    ("a2", "BPGO"): "+0.270 ± 0.098 (+0.018 ± 0.136, [−0.068, +0.105], 4/12)",
+    ("a2", "BPGO RAS only"): "+0.289 ± 0.134 (+0.038 ± 0.132, [−0.046, +0.121], 6/12)",
+    ("a3", "GRPO"): "+0.138 ± 0.142",
+    ("a3", "BPGO"): "+0.224 ± 0.152 (+0.087 ± 0.122, [+0.009, +0.164], 7/12)",
+    ("a3", "BPGO RAS only"): "+0.220 ± 0.174 (+0.082 ± 0.124, [+0.004, +0.161], 8/12)",
+    ("c", "weighted_sum"): "−0.045 ± 0.051",
+    ("c", "advantage_sum"): "−0.038 ± 0.044 (+0.007 ± 0.032, [−0.013, +0.027], 7/12)",
+    ("c", "min_norm"): "−0.020 ± 0.060 (+0.025 ± 0.032, [+0.005, +0.046], 10/12)",
+    ("d", "fixed"): "+0.345 ± 0.185",
+    ("d", "self_paced"): "+0.359 ± 0.173 (+0.014 ± 0.261, [−0.152, +0.180], 7/12)",
 }
 
 
@@ -268,13 +307,14 @@ def run_arm(ablation: Ablation, arm: str, seed: int, steps: int, out: Path, resu
 
     config = ablation.config(arm, seed, steps, out / ablation.key / arm / f"seed{seed}")
     done = Path(config.run_dir) / "bench_run.json"
-    wanted = config.model_dump(mode="json")
+    combined = ablation.arm_overrides(arm)[1]
+    wanted = {**config.model_dump(mode="json"), **({"combined_surrogate": True} if combined else {})}
     if resume and done.exists():
         stored = json.loads(done.read_text())
         # run_dir is where the file lies, not what was trained: `--out runs/x` and its absolute form match
         if {**stored.get("config", {}), "run_dir": None} == {**wanted, "run_dir": None}:
             return stored["records"], True
-    driver = GRPODriver(config)
+    driver = (combined_surrogate_driver(GRPODriver) if combined else GRPODriver)(config)
     driver.setup()
     try:
         records = [r for r in driver.train() if "reward_mean" in r]  # training steps only
@@ -282,6 +322,27 @@ def run_arm(ablation: Ablation, arm: str, seed: int, steps: int, out: Path, resu
         driver.shutdown()
     done.write_text(json.dumps({"config": wanted, "records": records}))
     return records, False
+
+
+def combined_surrogate_driver(base):
+    """`base` (the GRPO driver) trained on ONE clipped surrogate of the combined advantage
+    Σ_i c_i A_i, what the update computed before issue 11 (its item 3), instead of eq. (5)'s
+    Σ_i c_i L_i. For objectives without BPGO trust only (the per-component trust has no single
+    equivalent)."""
+    import torch
+
+    from cluster.advantage import AdvantageResult
+
+    class CombinedSurrogateDriver(base):
+        def update(self, timeline, step, shards, trajectory_refs, advantages: AdvantageResult):
+            weights = advantages.sample_weights  # without RAS: None, or 0/1 rows alike (dropped groups)
+            if weights is not None and not bool((weights == weights[:1]).all()):
+                raise ValueError("the combined-surrogate arm is defined without BPGO trust weights")
+            one = AdvantageResult(advantages.combined[None], torch.ones(1), None if weights is None else weights[:1],
+                                  advantages.combined, advantages.logs)
+            return super().update(timeline, step, shards, trajectory_refs, one)
+
+    return CombinedSurrogateDriver
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -348,6 +409,30 @@ def summarise(results: dict, seeds: list[int]) -> list[str]:
     return lines
 
 
+def before_after(results: dict) -> list[str]:
+    """Markdown lines: the README's 12-seed headline figures from before issue 11 beside this run's
+    (arm mean ± std over seeds, and for methods the paired difference from the baseline)."""
+    lines = ["### Before and after issue 11 (headline metric of each ablation)", "",
+             "Before: the README's 12-seed tables (commit 1a5e5bb, the base model of that time). After: this run "
+             "(today's code and base model); legacy arms restore a replaced behaviour on today's code.", "",
+             "| ablation | arm | before issue 11 | after |", "| --- | --- | --- | --- |"]
+    for key, by_arm in results.items():
+        if not any(k == key for k, _ in BEFORE_ISSUE_11):
+            continue
+        ablation = ABLATIONS[key]
+        metric = ablation.metrics[0]
+        d = digits_for(metric)
+        arms = list(by_arm)
+        values = {arm: [metric.compute(records) for records in by_arm[arm]] for arm in arms}
+        for arm in arms:
+            after = fmt(values[arm], d)
+            if arm != arms[0]:
+                diff = [m - b for m, b in zip(values[arm], values[arms[0]])]
+                after += f" ({fmt(diff, d)}, {paired_evidence(diff, metric.higher_is_better, max(d, 1))})"
+            lines.append(f"| {key} | {arm} | {BEFORE_ISSUE_11.get((key, arm), '—')} | {after} |")
+    return lines + [""]
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -363,7 +448,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, keys):
         ablation = ABLATIONS[key]
-        for colour, (arm, runs) in zip(("tab:blue", "tab:red", "tab:green"), results[key].items()):
+        for colour, (arm, runs) in zip(("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange"), results[key].items()):
             for style, curve in zip(("-", "--", ":"), ablation.curves):
                 values = np.array([series(records, curve) for records in runs])  # [seeds, steps]
                 steps = np.arange(1, values.shape[1] + 1)
@@ -388,6 +473,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(ABLATIONS), help="comma-separated ablations to run")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 6 steps, output under <out>/quick")
     parser.add_argument("--out", default=str(ROOT / "runs" / "ablations"))
+    parser.add_argument("--legacy", action="store_true",
+                        help="also run each ablation's arms with the behaviour issue 11 replaced (see the docstring)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse finished runs (same config) from an earlier, interrupted invocation")
     args = parser.parse_args(argv)
@@ -418,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for key in only:
             ablation = ABLATIONS[key]
-            arms = ablation.arms
+            arms = [*ablation.arms, *(ablation.legacy if args.legacy else ())]
             results[key] = {arm: [] for arm in arms}
             run_seconds[key] = {arm: [] for arm in arms}
             for seed in seeds:
@@ -438,13 +525,14 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = [f"# Stage II ablations (toy world)", "",
              f"`python -m bench.ablations --seeds {args.seeds} --steps {args.steps} --only {','.join(only)}"
-             f"{' --resume' if args.resume else ''}`{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
+             f"{' --legacy' if args.legacy else ''}{' --resume' if args.resume else ''}`{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
              f"{COMMON['grpo']['prompts_per_step']} prompts x {COMMON['grpo']['group_size']} videos per step, "
              f"{COMMON['clip']['num_frames']}-frame {COMMON['clip']['height']}x{COMMON['clip']['width']} clips, "
              f"{COMMON['sampling']['num_steps']} denoising steps, lr {COMMON['grpo']['learning_rate']:g}, "
              f"clip {COMMON['grpo']['clip_range']:g}. Improvements: mean of the last k minus the first k steps, "
              f"k = {max(1, min(5, args.steps // 2))}. Total wall time {total_seconds / 60:.1f} min.", ""]
     lines += summarise(results, seeds)
+    lines += before_after(results)
     reused = sum(len(runs) for arms in results.values() for runs in arms.values()) - sum(
         len(v) for arms in run_seconds.values() for v in arms.values())
     lines += ["Seconds per run (mean over the runs computed in this invocation): " + "; ".join(

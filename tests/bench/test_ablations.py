@@ -20,7 +20,7 @@ def test_every_arm_is_a_valid_config_with_real_scores(key, tmp_path):
         produced |= {f"{critic.name}.{score}" for score in critic.score_names}
     for component in ablation.rewards["components"].values():
         assert component["score"] in produced
-    configs = [ablation.config(arm, seed=0, steps=4, run_dir=tmp_path / arm) for arm in ablation.arms]
+    configs = [ablation.config(arm, seed=0, steps=4, run_dir=tmp_path / arm) for arm in [*ablation.arms, *ablation.legacy]]
     baseline, *others = (c.model_dump() for c in configs)
     for other in others:  # arms differ only in the switch under test
         assert {k for k in other if other[k] != baseline[k]} <= {"grpo", "run_dir"}
@@ -83,3 +83,52 @@ class _Recomputed(Exception):
 class _NoDriver:
     def __init__(self, config):
         raise _Recomputed(config.run_dir)
+
+
+def test_legacy_arms_restore_what_issue_11_replaced():
+    for key in ("a", "a2", "a3"):
+        (label, (overrides, combined)), = ablations.ABLATIONS[key].legacy.items()
+        config = ablations.ABLATIONS[key].config(label, seed=0, steps=4, run_dir=Path("x"))
+        assert config.grpo.bpgo.prior_rule == "ema" and config.grpo.bpgo.ras and config.grpo.bpgo.crt and not combined
+    assert ablations.ABLATIONS["a"].config("BPGO", 0, 4, Path("x")).grpo.bpgo.prior_rule == "frozen"
+    for key in ("c", "d"):
+        assert all(combined for _, combined in ablations.ABLATIONS[key].legacy.values())
+    # every ablation issue 11 touched has its README figures, and only those
+    assert {k for k, _ in ablations.BEFORE_ISSUE_11} == {"a", "a2", "a3", "c", "d"}
+    for key, arm in ablations.BEFORE_ISSUE_11:
+        assert arm in ablations.ABLATIONS[key].arms
+
+
+def test_combined_surrogate_driver_trains_one_surrogate_of_the_combined_advantage():
+    import torch
+
+    from cluster.advantage import AdvantageResult
+
+    seen = {}
+
+    class Base:
+        def update(self, timeline, step, shards, trajectory_refs, advantages):
+            seen["advantages"] = advantages
+            return {}
+
+    driver = ablations.combined_surrogate_driver(Base)()
+    per_component = torch.tensor([[1.0, -1.0, 2.0, 0.0], [0.0, 2.0, -2.0, 0.0]])
+    c = torch.tensor([0.25, 0.75])
+    combined = c @ per_component
+    kept = torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 2)  # a dropped group: weight 0 in every component
+    driver.update(None, 1, {}, [], AdvantageResult(per_component, c, kept, combined, {}))
+    out = seen["advantages"]
+    assert torch.equal(out.advantages, combined[None]) and out.component_weights.tolist() == [1.0]
+    assert torch.equal(out.sample_weights, kept[:1])
+    with pytest.raises(ValueError, match="trust"):
+        driver.update(None, 1, {}, [], AdvantageResult(per_component, c, torch.tensor([[1.0] * 4, [2.0] * 4]), combined, {}))
+
+
+def test_before_after_table_pairs_the_readme_figures_with_this_run():
+    records = lambda gain: [{"step": i + 1, "reward_mean": 0.1, "score/noisy_toy.clean": 0.1 + gain * i / 9,
+                             "reward/noisy": 0.1} for i in range(10)]
+    results = {"a": {"GRPO": [records(0.1), records(0.2)], "BPGO": [records(0.2), records(0.2)]}}
+    lines = ablations.before_after(results)
+    assert any(line.startswith("| a | GRPO | +0.306 ± 0.098 |") for line in lines)
+    bpgo = next(line for line in lines if line.startswith("| a | BPGO |"))
+    assert "(−0.002 ± 0.090, [−0.060, +0.055], 6/12)" in bpgo and "better on 1/2" in bpgo
