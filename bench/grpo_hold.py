@@ -208,6 +208,30 @@ def plot(runs: dict[int, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_runs(runs: dict[str, list[dict]], path: Path, keys: tuple[str, ...], title: str) -> None:
+    """One panel per record key, one line per labelled run (the diagnosis figures)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, records in runs.items():
+            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), "o-" if key == "eval_reward" else "-", ms=3, lw=1.2, label=label)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report_lines(runs: dict[int, list[dict]], command: str) -> list[str]:
     lines = [f"`{command}`", "", "| seed | eval step 0 | peak (step) | final | max drop below running best |",
              "| --- | --- | --- | --- | --- |"]
@@ -230,7 +254,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "grpo_hold"))
     parser.add_argument("--plot", default=None, help="PNG of the curves (default <out>/curves.png)")
     parser.add_argument("--resume", action="store_true", help="reuse finished seeds with the same config")
+    parser.add_argument("--figure", nargs="+", metavar="LABEL=RUN_DIR",
+                        help="no training: draw --keys of finished runs (their metrics.jsonl) side by side to --plot")
+    parser.add_argument("--keys", default="eval_reward,reward_mean,update/velocity_deviation",
+                        help="record keys for --figure, comma-separated")
+    parser.add_argument("--title", default="", help="--figure's title")
     args = parser.parse_args(argv)
+    if args.figure:
+        runs = {}
+        for item in args.figure:
+            label, _, run_dir = item.partition("=")
+            runs[label] = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+        plot_runs(runs, Path(args.plot or "figure.png"), tuple(args.keys.split(",")), args.title)
+        print(f"wrote {args.plot or 'figure.png'}")
+        return
 
     from cluster.config import load_config, parse_overrides
 
