@@ -525,7 +525,8 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = [f"# Stage II ablations (toy world)", "",
              f"`python -m bench.ablations --seeds {args.seeds} --steps {args.steps} --only {','.join(only)}"
-             f"{' --legacy' if args.legacy else ''}{' --resume' if args.resume else ''}`{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
+             f"{' --legacy' if args.legacy else ''}{' --resume' if args.resume else ''}`"
+             f"{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
              f"{COMMON['grpo']['prompts_per_step']} prompts x {COMMON['grpo']['group_size']} videos per step, "
              f"{COMMON['clip']['num_frames']}-frame {COMMON['clip']['height']}x{COMMON['clip']['width']} clips, "
              f"{COMMON['sampling']['num_steps']} denoising steps, lr {COMMON['grpo']['learning_rate']:g}, "

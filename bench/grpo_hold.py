@@ -134,7 +134,8 @@ def make_driver(config, shuffle_rewards: bool = False):
             elif shuffle_rewards:
                 self.shuffles += 1
                 generator = torch.Generator().manual_seed(self.step_seed(self.shuffles, "shuffle"))
-                order = torch.stack([torch.randperm(group_size, generator=generator) for _ in range(next(iter(rewards.values())).shape[0])])
+                num_groups = next(iter(rewards.values())).shape[0]
+                order = torch.stack([torch.randperm(group_size, generator=generator) for _ in range(num_groups)])
                 rewards = {name: value.gather(1, order) for name, value in rewards.items()}
             if not self.in_eval:
                 total = sum(rewards.values()) / len(rewards)
