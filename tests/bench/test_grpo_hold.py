@@ -26,7 +26,14 @@ def test_summary_reads_the_eval_records_only():
     assert s == {"eval_start": 0.15, "eval_peak": 0.22, "peak_step": 10.0, "eval_final": 0.11,
                  "max_drop": pytest.approx(0.5)}
     lines = grpo_hold.report_lines({0: records}, "cmd")
-    assert "| 0 | 0.150 | 0.220 (10) | 0.110 | 50.0% |" in lines
+    assert "| 0 | eval_reward | 0.150 | 0.220 (10) | 0.110 | 50.0% |" in lines
+    # the larger eval is summarised on its own key, beside the driver's
+    for record, value in zip([r for r in records if "eval_reward" in r], [0.15, 0.16, 0.17, 0.16]):
+        record["eval_large"] = value
+    large = grpo_hold.summary(records, "eval_large")
+    assert large["eval_peak"] == 0.17 and large["max_drop"] == pytest.approx(0.01 / 0.17)
+    lines = grpo_hold.report_lines({0: records}, "cmd")
+    assert "worst max drop over seeds, eval_large: 5.9% (criterion: ≤ 10%)" in lines
 
 
 def test_group_pixel_std():
