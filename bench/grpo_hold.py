@@ -57,7 +57,8 @@ JUDGES = ("color", "shape", "motion", "smoothness", "count")
 
 
 def eval_series(records: list[dict], key: str = "eval_reward") -> list[tuple[int, float]]:
-    return [(int(r["step"]), float(r[key])) for r in records if r.get(key) is not None]
+    """(step, value) at the evaluation steps (those with the driver's `eval_reward`)."""
+    return [(int(r["step"]), float(r[key])) for r in records if r.get("eval_reward") is not None and r.get(key) is not None]
 
 
 def max_drop_below_best(values: list[float]) -> float:
@@ -173,7 +174,10 @@ def make_driver(config, shuffle_rewards: bool = False, eval_videos: int = 0):
             return value
 
         def record_step(self, record, timeline):
-            return super().record_step({**record, **self.diagnostics}, timeline)
+            record = super().record_step({**record, **self.diagnostics}, timeline)
+            for key in [k for k in self.diagnostics if k.startswith(("eval", "diversity/eval"))]:
+                del self.diagnostics[key]  # an eval's keys go with its step's record only
+            return record
 
     return DiagnosticGRPODriver(config)
 
