@@ -433,6 +433,9 @@ def plot(results: dict, budget: Budget, path: Path) -> None:
             if panel != "branch":
                 floor = [results["b"][s]["references"][f"clean_{key}"] for s in seeds]
                 ax.axhline(float(np.mean(floor)), color="k", ls=":", lw=1, label="Farneback on clean clips")
+            else:  # a branch that predicts no motion at all scores this
+                zero = [results["b"][s]["references"]["zero_epe"] for s in seeds]
+                ax.axhline(float(np.mean(zero)), color="k", ls="--", lw=1, label="zero flow")
             ax.set(title={"epe": "(b) fluid: Farneback EPE of decoded clips (px)",
                           "f1": "(b) fluid: Fl-all of decoded clips",
                           "branch": "(b) fluid: motion branch's own EPE (px)"}[panel], xlabel="SFT step")
