@@ -267,6 +267,48 @@ def plot_runs(runs: dict[str, list[dict]], path: Path, keys: tuple[str, ...], ti
     plt.close(fig)
 
 
+def plot_arms(arms: dict[str, dict[int, list[dict]]], path: Path, title: str) -> None:
+    """Arms (label → {seed: records}) side by side: one column per seed; rows: the fixed-seed evals
+    (eval_large solid, the driver's eval_reward dotted, the band 10 % below eval_large's running
+    best), and the velocity's deviation from the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = sorted({seed for runs in arms.values() for seed in runs})
+    fig, axes = plt.subplots(2, len(seeds), figsize=(5.0 * len(seeds), 6.4), squeeze=False, sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for column, seed in enumerate(seeds):
+        top, bottom = axes[0][column], axes[1][column]
+        for colour, (label, runs) in zip(colours, arms.items()):
+            records = runs.get(seed)
+            if not records:
+                continue
+            key = "eval_large" if eval_series(records, "eval_large") else "eval_reward"
+            steps, values = zip(*eval_series(records, key))
+            best = [max(values[:i + 1]) for i in range(len(values))]
+            drop = max_drop_below_best(list(values))
+            top.plot(steps, values, "o-", color=colour, ms=3, label=f"{label}: max drop {100 * drop:.1f}%")
+            top.fill_between(steps, [0.9 * b for b in best], best, color=colour, alpha=0.10, step="post")
+            if key == "eval_large":
+                top.plot(*zip(*eval_series(records)), ":", color=colour, lw=1)
+            deviation = [(r["step"], r["update/velocity_deviation"]) for r in records if "update/velocity_deviation" in r]
+            if deviation:
+                bottom.plot(*zip(*deviation), color=colour, lw=1.2, label=label)
+        top.set_title(f"seed {seed}: fixed-seed eval (solid 128 videos, dotted 32)", fontsize=9)
+        bottom.set_title("velocity deviation from the reference", fontsize=9)
+        bottom.set_xlabel("GRPO step")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+        top.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def report_lines(runs: dict[int, list[dict]], command: str) -> list[str]:
     lines = [f"`{command}`", "", "| seed | eval | step 0 | peak (step) | final | max drop below running best |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -299,8 +341,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="no training: draw --keys of finished runs (their metrics.jsonl) side by side to --plot")
     parser.add_argument("--keys", default="eval_reward,reward_mean,update/velocity_deviation",
                         help="record keys for --figure, comma-separated")
-    parser.add_argument("--title", default="", help="--figure's title")
+    parser.add_argument("--title", default="", help="--figure's and --compare's title")
+    parser.add_argument("--compare", nargs="+", metavar="LABEL=OUT",
+                        help="no training: finished multi-seed outputs (their seed<k>/metrics.jsonl) side by side to --plot")
     args = parser.parse_args(argv)
+    if args.compare:
+        arms = {}
+        for item in args.compare:
+            label, _, out_dir = item.partition("=")
+            arms[label] = {int(path.parent.name.removeprefix("seed")): [json.loads(line) for line in path.read_text().splitlines() if line]
+                           for path in sorted(Path(out_dir).glob("seed*/metrics.jsonl"))}
+        plot_arms(arms, Path(args.plot or "compare.png"), args.title)
+        print(f"wrote {args.plot or 'compare.png'}")
+        return
     if args.figure:
         runs = {}
         for item in args.figure:
