@@ -110,6 +110,27 @@ def clipped_surrogate(
     return SurrogateTerms(loss, policy_loss.detach(), kl_mean.detach(), clip_fraction, ratio.detach().mean())
 
 
+def velocity_deviation(velocity: torch.Tensor, ref_velocity: torch.Tensor) -> torch.Tensor:
+    """RMS(v − v_ref) / RMS(v_ref) over the whole batch: how far the policy's velocity field has
+    moved from the reference's, as a fraction (scale-free, and the same for either KL form)."""
+    return (velocity - ref_velocity).pow(2).mean().sqrt() / ref_velocity.pow(2).mean().sqrt().clamp_min(1e-12)
+
+
+def adapt_kl_beta(beta: float, drift: float, target: float, floor: float = 0.0, band: float = 1.5, factor: float = 2.0) -> float:
+    """The KL coefficient for the next step under a drift budget — PPO's adaptive KL penalty
+    (Schulman et al. 2017, §4) applied to the distance from the reference, which turns the KL
+    penalty into the constraint of report §3.1 (Ziegler et al. 2019): β·factor when the measured
+    drift exceeds band·target, β/factor (not below `floor`) when it is below target/band, else β.
+
+    The floor keeps a run that starts inside its budget at the configured β instead of letting β
+    decay towards 0 while the drift is small, which would leave many doublings to catch up with."""
+    if drift > band * target:
+        return beta * factor
+    if drift < target / band:
+        return max(beta / factor, floor)
+    return beta
+
+
 def select_train_timesteps(num_steps: int, fraction: float, generator: torch.Generator | None = None) -> list[int]:
     """A random subset of denoising steps to train on (Flow-GRPO's timestep_fraction)."""
     count = max(1, round(num_steps * fraction))

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from algorithms.grpo import clipped_surrogate, gaussian_mean_kl, group_advantages, reference_kl, select_train_timesteps
+from algorithms.grpo import (
+    adapt_kl_beta,
+    clipped_surrogate,
+    gaussian_mean_kl,
+    group_advantages,
+    reference_kl,
+    select_train_timesteps,
+    velocity_deviation,
+)
 
 
 def test_group_advantages_matches_eq_1_with_population_std():
@@ -103,3 +111,24 @@ def test_kl_closed_form_enters_the_loss_with_beta():
 def test_timestep_subset_is_sorted_unique_and_sized():
     steps = select_train_timesteps(10, 0.6, torch.Generator().manual_seed(0))
     assert len(steps) == 6 and steps == sorted(set(steps)) and all(0 <= s < 10 for s in steps)
+
+
+def test_velocity_deviation_is_the_rms_change_relative_to_the_reference():
+    ref = torch.tensor([[3.0, 4.0], [0.0, 0.0]])  # RMS sqrt(25 / 4) = 2.5
+    moved = ref + torch.tensor([[1.0, -1.0], [1.0, 1.0]])  # change RMS 1
+    assert velocity_deviation(moved, ref).item() == pytest.approx(0.4)
+    assert velocity_deviation(ref, ref).item() == 0.0
+
+
+def test_adaptive_kl_doubles_above_the_band_halves_below_it_down_to_the_floor():
+    # budget 0.1, band 1.5: double above 0.15, halve below 0.0667, hold in between
+    assert adapt_kl_beta(0.04, drift=0.16, target=0.1) == pytest.approx(0.08)
+    assert adapt_kl_beta(0.04, drift=0.12, target=0.1) == 0.04
+    assert adapt_kl_beta(0.04, drift=0.08, target=0.1) == 0.04
+    assert adapt_kl_beta(0.04, drift=0.05, target=0.1) == pytest.approx(0.02)
+    assert adapt_kl_beta(0.04, drift=0.05, target=0.1, floor=0.03) == 0.03
+    # a drift that stays above the band grows beta geometrically, one doubling per step
+    beta = 0.01
+    for _ in range(5):
+        beta = adapt_kl_beta(beta, drift=0.3, target=0.1, floor=0.01)
+    assert beta == pytest.approx(0.32)
