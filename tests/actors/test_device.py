@@ -26,7 +26,7 @@ def test_tensor_devices_names_every_device_of_a_group():
 def test_actors_on_a_gpu_bundle_hold_everything_on_the_gpu(ray_cluster):
     """On a GPU pool (a cluster with GPU resources) every role's tensors are on cuda."""
     from actors.learner import Learner, OptimizerSpec
-    from actors.objectives import GRPOObjective
+    from actors.objectives.grpo import GRPOObjective
     from actors.rollout import RolloutActor
     from policy.config import ClipConfig, PolicyConfig, SamplingConfig
 

@@ -6,7 +6,7 @@ import ray
 import torch
 
 from actors.learner import Learner, OptimizerSpec
-from actors.objectives import GRPOObjective
+from actors.objectives.grpo import GRPOObjective
 from actors.rollout import RolloutActor
 from cluster.runtime import LearnerGroup
 from policy.config import ClipConfig, PolicyConfig, SamplingConfig
