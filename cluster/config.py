@@ -324,6 +324,10 @@ class GRPOConfig(Section):
     kl_form: Literal["flow_grpo", "exact"] = Field(
         "flow_grpo", description="flow_grpo: ‖Δμ‖²/(2·std_t²) per step, Flow-GRPO's scale, so its published kl_beta "
         "values carry over; exact: the one-step Gaussian KL ‖Δμ‖²/(2·std_t²·|dt|), 1/|dt| (4-110x on the toy schedule) stronger")
+    kl_target_deviation: float | None = Field(
+        None, gt=0, description="drift budget: kl_beta adapts every step (PPO's adaptive KL rule: x2 above 1.5x the "
+        "budget, /2 below budget/1.5) so that the policy's velocity stays within this RMS fraction of the reference's "
+        "(logged as update/velocity_deviation); kl_beta is the starting value and the floor. None: kl_beta fixed")
     timestep_fraction: float = Field(0.6, gt=0, le=1)
     inner_epochs: int = Field(1, ge=1)
     num_minibatches: int | None = Field(
@@ -337,6 +341,13 @@ class GRPOConfig(Section):
     bpgo: BPGOConfig = BPGOConfig()
     vipo: ViPOConfig = ViPOConfig()
     self_paced: SelfPacedConfig = SelfPacedConfig()
+
+    @model_validator(mode="after")
+    def _drift_budget_needs_a_kl(self):
+        if self.kl_target_deviation is not None and self.kl_beta <= 0:
+            raise ValueError("grpo.kl_target_deviation adapts kl_beta, which must then start > 0 "
+                             f"(got kl_beta={self.kl_beta})")
+        return self
 
     @field_validator("clip_range")
     @classmethod

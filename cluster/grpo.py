@@ -33,6 +33,7 @@ import torch
 from actors.learner import OptimizerSpec
 from actors.objectives.grpo import GRPOObjective
 from actors.rollout import RolloutActor
+from algorithms.grpo import adapt_kl_beta
 from cluster.advantage import AdvantageEstimator, AdvantageResult
 from cluster.config import GRPOConfig, TeleBoostConfig
 from cluster.pool import PhaseTimeline
@@ -73,6 +74,8 @@ class GRPODriver(GroupPhases, StageRuntime):
         self.estimator = AdvantageEstimator(cfg)
         state = self.restore()
         self.start_step = state["step"] if state else 0
+        # the KL coefficient: fixed, or adapted each step to hold the drift budget (kl_target_deviation)
+        self.kl_beta = state.get("kl_beta", cfg.grpo.kl_beta) if state else cfg.grpo.kl_beta
         if state:
             self.estimator.load_state_dict(state["advantage_estimator"])
         self.version = self.sync_weights()
@@ -106,7 +109,9 @@ class GRPODriver(GroupPhases, StageRuntime):
                 update = self.update(timeline, step, shards, trajectory_refs, advantages)
                 self.version = self.sync_weights()
 
-                record = self.record(step, rewards, kept, scores, num_gated, advantages.logs, update)
+                record = {**self.record(step, rewards, kept, scores, num_gated, advantages.logs, update), "kl_beta": self.kl_beta}
+                if cfg.kl_target_deviation is not None:  # the budget holds whatever lr, noise or KL form
+                    self.kl_beta = adapt_kl_beta(self.kl_beta, update["velocity_deviation"], cfg.kl_target_deviation, floor=cfg.kl_beta)
                 if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                     record["eval_reward"] = self.evaluate_fixed()
                 record = self.record_step(record, timeline)
@@ -114,7 +119,8 @@ class GRPODriver(GroupPhases, StageRuntime):
                          step, cfg.steps, record["reward_mean"], record["reward_std"], update["loss"], record["seconds/sample"],
                          record["seconds/evaluate"], record["seconds/update"], record["utilisation"])
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    self.save(step, {"advantage_estimator": self.estimator.state_dict()}, keep=cfg.keep_checkpoints)
+                    self.save(step, {"advantage_estimator": self.estimator.state_dict(), "kl_beta": self.kl_beta},
+                              keep=cfg.keep_checkpoints)
                 advance()
         records = self.metrics.records()
         if records:
@@ -140,7 +146,8 @@ class GRPODriver(GroupPhases, StageRuntime):
         per_rank = [(ref, advantages.advantages[:, a:b], advantages.component_weights, advantages.combined[a:b],
                      None if weights is None else weights[:, a:b])
                     for ref, a, b in zip(trajectory_refs, cuts, cuts[1:])]
-        results = self.run_phase(timeline, "update", lambda: self.learners.update(self.step_seed(step, "update"), sizes, per_rank), {})
+        results = self.run_phase(timeline, "update", lambda: self.learners.update(
+            self.step_seed(step, "update"), sizes, per_rank, kl_beta=self.kl_beta), {})
         return self.learners.merge([results[bundle][0] for bundle in self.learners.handles], sizes)
 
     def evaluate_fixed(self) -> float:

@@ -11,7 +11,7 @@ import torch
 
 from actors.objectives import StepFn, TrainContext, minibatch_splits
 from algorithms.flow_sde import sde_step_with_logprob
-from algorithms.grpo import SurrogateTerms, clipped_surrogate, reference_kl, select_train_timesteps
+from algorithms.grpo import SurrogateTerms, clipped_surrogate, reference_kl, select_train_timesteps, velocity_deviation
 from algorithms.vipo import map_weighted_log_prob
 from policy.psm import PerceptualStructuringModule
 from policy.sampling import Trajectories
@@ -46,17 +46,18 @@ class GRPOObjective:
     def optimizer_steps(
         self, ctx: TrainContext, seed: int, shard_sizes: list[int], trajectories: Trajectories,
         advantages: torch.Tensor, component_weights: torch.Tensor, combined: torch.Tensor,
-        sample_weights: torch.Tensor | None = None,
+        sample_weights: torch.Tensor | None = None, kl_beta: float | None = None,
     ) -> Iterator[StepFn]:
         """This rank's shard: trajectories, per-objective advantages [N, B] weighted by
         `component_weights` [N] in the loss (report eq. 5: one clipped surrogate per objective,
         sharing the ratio), their combination Σ c_i A_i [B] (ViPO's reward-aligned maps only),
-        and BPGO's trust [N, B] or None."""
+        and BPGO's trust [N, B] or None. `kl_beta` overrides the objective's for this update
+        (the driver's adaptive coefficient, `grpo.kl_target_deviation`)."""
         shared = torch.Generator().manual_seed(seed)  # identical on every rank: timesteps
         local = torch.Generator().manual_seed(seed + 1_000_003 * (ctx.rank + 1))  # this rank's shuffles
         num_minibatches = self.num_minibatches or min(shard_sizes) // self.group_size
         maps = self._advantage_maps(trajectories, combined)
-        batch = _Batch(trajectories, advantages, component_weights, sample_weights)
+        batch = _Batch(trajectories, advantages, component_weights, sample_weights, self.kl_beta if kl_beta is None else kl_beta)
         num_steps = trajectories.log_probs.shape[1]
         for _ in range(self.inner_epochs):
             train_steps = select_train_timesteps(num_steps, self.timestep_fraction, shared)
@@ -65,14 +66,16 @@ class GRPOObjective:
                     ctx, batch, maps, index, scale, train_steps)
 
     def _minibatch(self, ctx, batch, maps, index, scale, train_steps) -> dict[str, float]:
-        sums = dict.fromkeys(("loss", "kl", "clip_fraction", "ratio"), 0.0)
+        sums = dict.fromkeys(("loss", "kl", "clip_fraction", "ratio", "policy_loss", "log_ratio_abs", "velocity_deviation"), 0.0)
         for position, j in enumerate(train_steps):
-            terms = self._step_terms(ctx, batch, maps, index, j)
+            terms, extra = self._step_terms(ctx, batch, maps, index, j)
             last = position == len(train_steps) - 1
             with ctx.no_sync() if not last else nullcontext():
                 (terms.loss * scale / len(train_steps)).backward()
-            for key, value in zip(sums, (terms.loss, terms.kl, terms.clip_fraction, terms.ratio_mean)):
-                sums[key] += value.item() / len(train_steps)
+            values = (terms.loss, terms.kl, terms.clip_fraction, terms.ratio_mean, terms.policy_loss,
+                      extra["log_ratio_abs"], extra["velocity_deviation"])
+            for key, value in zip(sums, values):
+                sums[key] += float(value) / len(train_steps)
         return sums
 
     def _step_terms(self, ctx, batch, maps, index, j) -> SurrogateTerms:
@@ -83,12 +86,15 @@ class GRPOObjective:
         sigma, sigma_next = trajectories.sigmas[j], trajectories.sigmas[j + 1]
         text = trajectories.text_embeds[index].to(device)
         per_element = maps is not None
-        step = sde_step_with_logprob(ctx.velocity(x, sigma, text), x, sigma, sigma_next, trajectories.noise_level,
+        velocity = ctx.velocity(x, sigma, text)
+        step = sde_step_with_logprob(velocity, x, sigma, sigma_next, trajectories.noise_level,
                                      prev_sample=prev, per_element=per_element)
         kl = None
+        extra = {"velocity_deviation": 0.0}
         if self.needs_reference:
             with torch.no_grad():
                 ref_velocity = ctx.reference_velocity(x, sigma, text)
+                extra["velocity_deviation"] = velocity_deviation(velocity, ref_velocity).item()
             ref_mean = sde_step_with_logprob(ref_velocity, x, sigma, sigma_next, trajectories.noise_level, prev_sample=prev).mean
             kl = reference_kl(step.mean, ref_mean, sigma, sigma_next, trajectories.noise_level, form=self.kl_form)
         log_prob, old_log_prob = step.log_prob, trajectories.log_probs[index, j].to(device)
@@ -97,9 +103,10 @@ class GRPOObjective:
             log_prob = map_weighted_log_prob(step.log_prob, sample_maps)
             old_log_prob = map_weighted_log_prob(trajectories.log_prob_maps[index, j].to(device), sample_maps)
         weights = None if batch.sample_weights is None else batch.sample_weights[:, index].to(device)
+        extra["log_ratio_abs"] = (log_prob.detach() - old_log_prob).abs().mean().item()
         return clipped_surrogate(log_prob, old_log_prob, batch.advantages[:, index].to(device), self.clip_range,
-                                 self.adv_clip_max, kl=kl, kl_beta=self.kl_beta, sample_weights=weights,
-                                 component_weights=batch.component_weights.to(device))
+                                 self.adv_clip_max, kl=kl, kl_beta=batch.kl_beta, sample_weights=weights,
+                                 component_weights=batch.component_weights.to(device)), extra
 
     def _advantage_maps(self, trajectories: Trajectories, advantages: torch.Tensor) -> torch.Tensor | None:
         """ViPO maps on the latent grid (report §3.2), or None when lam = 0 (plain GRPO exactly)."""
@@ -116,6 +123,7 @@ class _Batch(NamedTuple):
     advantages: torch.Tensor  # [N, B]
     component_weights: torch.Tensor  # [N]
     sample_weights: torch.Tensor | None  # [N, B]
+    kl_beta: float
 
 
 @functools.lru_cache(maxsize=2)

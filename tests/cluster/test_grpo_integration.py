@@ -102,3 +102,14 @@ def test_all_stage_two_extensions_together(ray_cluster, tmp_path):
     state = __import__("json").loads(sorted((tmp_path / "ext" / "checkpoints").iterdir())[-1].joinpath("state.json").read_text())
     assert state["advantage_estimator"]["components"] == ["color", "motion"]
     assert state["advantage_estimator"]["curriculum"]["phase"] == "visual_fidelity"
+
+
+def test_drift_budget_raises_the_kl_coefficient_when_the_policy_drifts(ray_cluster, tmp_path):
+    """grpo.kl_target_deviation (issue 11 item 5): a step whose velocity drifted from the reference
+    by more than 1.5x the budget doubles kl_beta for the next step (never below the configured one)."""
+    records, *_ = run_driver(tiny_config(tmp_path, steps=3, kl_beta=0.01, kl_target_deviation=1e-6))
+    steps = [r for r in records if "reward_mean" in r]
+    assert steps[0]["kl_beta"] == 0.01
+    for before, after in zip(steps, steps[1:]):
+        assert before["update/velocity_deviation"] > 1.5e-6  # a tiny budget: every step overshoots it
+        assert after["kl_beta"] == 2 * before["kl_beta"]
