@@ -125,6 +125,7 @@ def test_every_dashboard_panel_has_data_from_a_real_run(ray_cluster, reward_endp
     config = render_prometheus_config(discovery, [reward_target], "1s")
     with LocalPrometheus(config, tmp_path / "prometheus") as prometheus:
         send_requests(url, 1)  # the labelled HTTP series exist before the run, so their rates are defined
+        before = counters_now(prometheus)  # earlier runs in this Ray session count into the same counters
         started = time.time()
         driver = GRPODriver(grpo_config(tmp_path / "run"))
         telemetries = []
@@ -133,14 +134,28 @@ def test_every_dashboard_panel_has_data_from_a_real_run(ray_cluster, reward_endp
             records = driver.train()
             telemetries = other_stages()
             send_requests(url, 3)
-            check_dashboards(prometheus, records, started)
+            check_dashboards(prometheus, records, started, before)
         finally:
             for telemetry in telemetries:
                 telemetry.close()
             driver.shutdown()
 
 
-def check_dashboards(prometheus, records, started):
+COUNTERS = ("ray_teleboost_steps_total", "ray_teleboost_checkpoints_written_total")
+
+
+def counters_now(prometheus, settle_s: float = 12.0) -> dict[str, float]:
+    """The GRPO counters' values before this run (0 when no run has exported them yet); waits one
+    export period (Ray's agent exports every 10 s) so an earlier run's last counts are in."""
+    time.sleep(settle_s)
+    values = {}
+    for name in COUNTERS:
+        series = prometheus.query(f'{name}{{stage="grpo"}}')
+        values[name] = float(series[0]["value"][1]) if series else 0.0
+    return values
+
+
+def check_dashboards(prometheus, records, started, before):
     deadline = time.monotonic() + 45  # Ray's agent exports every 10 s; Prometheus scrapes every 1 s
     while (missing := missing_panels(prometheus)) and time.monotonic() < deadline:
         time.sleep(1)
@@ -149,14 +164,14 @@ def check_dashboards(prometheus, records, started):
     assert {t["labels"]["job"]: t["health"] for t in prometheus.api("targets")["activeTargets"]} == {
         "ray": "up", "teleboost_reward_http": "up"}
     step = prometheus.query('ray_teleboost_steps_total{stage="grpo"}')
-    assert float(step[0]["value"][1]) == STEPS == records[-1]["step"]
+    assert float(step[0]["value"][1]) - before["ray_teleboost_steps_total"] == STEPS == records[-1]["step"]
     bundles = {s["metric"]["bundle"] for s in prometheus.query('ray_teleboost_bundle_busy_seconds_total{stage="grpo"}')}
     assert bundles == {"main/0"}
     makespan = {s["metric"]["schedule"]: float(s["value"][1])
                 for s in prometheus.query('ray_teleboost_reward_makespan_seconds{stage="grpo"}')}
     assert makespan["serial"] >= makespan["planned"] > 0 and makespan["measured"] > 0
     checkpoints = prometheus.query('ray_teleboost_checkpoints_written_total{stage="grpo"}')
-    assert float(checkpoints[0]["value"][1]) == STEPS
+    assert float(checkpoints[0]["value"][1]) - before["ray_teleboost_checkpoints_written_total"] == STEPS
 
     check_names_and_labels(prometheus)
     if os.environ.get("TELEBOOST_DASHBOARD_PNGS"):
