@@ -361,16 +361,21 @@ def load_policy(config: "PolicyConfig", seed: int = 0, device: torch.device | st
     Rollout and learner build the same structure, so the weights the learner ships load by name
     and both compute bit-identical velocities (the first inner step's ratio is exactly 1).
     """
-    policy = build_policy(
-        config.preset, config.model_path, config.dtype, seed,
-        random_init=config.random_init, text_encoder_layers=config.text_encoder_layers, device=device,
-    )
-    if config.motion_branch is not None:
-        from policy.motion_branch import MotionBranch, attach_motion_branch
+    # Every random initialisation here (a motion branch or LoRA adapters on pretrained weights,
+    # which load without touching the RNG) is drawn under `seed`: every process and every rerun
+    # builds the same model, and the caller's RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = build_policy(
+            config.preset, config.model_path, config.dtype, seed,
+            random_init=config.random_init, text_encoder_layers=config.text_encoder_layers, device=device,
+        )
+        if config.motion_branch is not None:
+            from policy.motion_branch import MotionBranch, attach_motion_branch
 
-        attach_motion_branch(policy, MotionBranch.for_policy(policy, **config.motion_branch.model_dump()))
-        policy.motion_branch.to(policy.device)
-    params = select_trainable(policy, config.trainable, config.lora_rank, config.lora_alpha)
+            attach_motion_branch(policy, MotionBranch.for_policy(policy, **config.motion_branch.model_dump()))
+            policy.motion_branch.to(policy.device)
+        params = select_trainable(policy, config.trainable, config.lora_rank, config.lora_alpha)
     if config.init_from:
         load_stage_weights(policy, config.init_from)
     if config.gradient_checkpointing:

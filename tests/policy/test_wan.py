@@ -57,3 +57,21 @@ def test_saved_policy_loads_through_the_real_model_path(policy, tmp_path):
         assert torch.equal(a, b), name
     prompts = ["two blue circles move up on a black background"]
     assert torch.equal(policy.encode_prompts(prompts), loaded.encode_prompts(prompts))
+
+
+def test_load_policy_builds_the_same_model_in_every_process_even_from_pretrained_weights(tmp_path):
+    """A motion branch and LoRA adapters are random-initialised after a pretrained load (which does
+    not seed the RNG): `load_policy` draws them under the config's seed, whatever the RNG state."""
+    from policy.config import PolicyConfig
+    from policy.wan import load_policy
+
+    save_policy(build_policy("tiny", None, seed=0), str(tmp_path / "base"))
+    config = PolicyConfig(model_path=str(tmp_path / "base"), trainable="lora", motion_branch={"hidden_channels": 4})
+    torch.manual_seed(1)
+    first = load_policy(config, seed=3)[0].state_dict()
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    second = load_policy(config, seed=3)[0].state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert any("lora_A" in name for name in first) and any(name.startswith("motion_branch.") for name in first)
