@@ -142,16 +142,23 @@ def test_every_dashboard_panel_has_data_from_a_real_run(ray_cluster, reward_endp
 
 
 COUNTERS = ("ray_teleboost_steps_total", "ray_teleboost_checkpoints_written_total")
+BUSY = "ray_teleboost_bundle_busy_seconds_total"
 
 
 def counters_now(prometheus, settle_s: float = 12.0) -> dict[str, float]:
-    """The GRPO counters' values before this run (0 when no run has exported them yet); waits one
-    export period (Ray's agent exports every 10 s) so an earlier run's last counts are in."""
+    """The GRPO counters' values before this run, per series (absent when no run has exported it
+    yet); waits one export period (Ray's agent exports every 10 s) so an earlier run's last counts
+    are in. Keys are the metric name, with `/bundle` appended for per-bundle series."""
     time.sleep(settle_s)
+    return grpo_counters(prometheus)
+
+
+def grpo_counters(prometheus) -> dict[str, float]:
     values = {}
-    for name in COUNTERS:
-        series = prometheus.query(f'{name}{{stage="grpo"}}')
-        values[name] = float(series[0]["value"][1]) if series else 0.0
+    for name in COUNTERS + (BUSY,):
+        for series in prometheus.query(f'{name}{{stage="grpo"}}'):
+            bundle = series["metric"].get("bundle")
+            values[f"{name}/{bundle}" if bundle else name] = float(series["value"][1])
     return values
 
 
@@ -163,15 +170,15 @@ def check_dashboards(prometheus, records, started, before):
 
     assert {t["labels"]["job"]: t["health"] for t in prometheus.api("targets")["activeTargets"]} == {
         "ray": "up", "teleboost_reward_http": "up"}
-    step = prometheus.query('ray_teleboost_steps_total{stage="grpo"}')
-    assert float(step[0]["value"][1]) - before["ray_teleboost_steps_total"] == STEPS == records[-1]["step"]
-    bundles = {s["metric"]["bundle"] for s in prometheus.query('ray_teleboost_bundle_busy_seconds_total{stage="grpo"}')}
-    assert bundles == {"main/0"}
+    after = grpo_counters(prometheus)
+    added = {key: value - before.get(key, 0.0) for key, value in after.items()}
+    assert added["ray_teleboost_steps_total"] == STEPS == records[-1]["step"]
+    # earlier runs in this Ray session leave their bundles' series behind: only this run's pool grew
+    assert {key.split("/", 1)[1] for key, value in added.items() if key.startswith(BUSY) and value > 0} == {"main/0"}
     makespan = {s["metric"]["schedule"]: float(s["value"][1])
                 for s in prometheus.query('ray_teleboost_reward_makespan_seconds{stage="grpo"}')}
     assert makespan["serial"] >= makespan["planned"] > 0 and makespan["measured"] > 0
-    checkpoints = prometheus.query('ray_teleboost_checkpoints_written_total{stage="grpo"}')
-    assert float(checkpoints[0]["value"][1]) - before["ray_teleboost_checkpoints_written_total"] == STEPS
+    assert added["ray_teleboost_checkpoints_written_total"] == STEPS
 
     check_names_and_labels(prometheus)
     if os.environ.get("TELEBOOST_DASHBOARD_PNGS"):
