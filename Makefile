@@ -4,6 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CONFIG ?= configs/toy.yaml
+# the demo: the toy world with Stage II's extensions on (configs/pipeline.yaml extends toy.yaml)
+DEMO_CONFIG ?= configs/pipeline.yaml
 HEAD_DIR := runs/head
 export OMP_NUM_THREADS ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
@@ -29,7 +31,7 @@ system-packages:
 
 ## demo: the whole pipeline on the toy world — pretrain (shipped, cached) → SFT → GRPO → DPO → eval → HTML report
 demo: $(STAMP)
-	$(PY) -m cluster.jobs.pipeline --config $(CONFIG) --out runs/pipeline
+	$(PY) -m cluster.jobs.pipeline --config $(DEMO_CONFIG) --out runs/pipeline
 
 ## test: the whole suite on CPU (real Ray, real Serve, real HTTP, real Prometheus and Chromium)
 test: $(STAMP) system-packages

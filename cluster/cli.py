@@ -1,6 +1,6 @@
 """`teleboost`: one command for every stage, each wrapping the job module `ray job submit` runs.
 
-    teleboost pipeline --config configs/toy.yaml        # pretrain → SFT → GRPO → DPO → eval → report
+    teleboost pipeline --config configs/pipeline.yaml        # pretrain → SFT → GRPO → DPO → eval → report
     teleboost grpo --config configs/toy.yaml --set grpo.steps=5 [--resume]
     teleboost grpo --help                               # the stage's flags, then every config field it reads
 """

@@ -458,8 +458,24 @@ def parse_config(data: dict, overrides: dict | None = None) -> TeleBoostConfig:
 
 def load_config(path: str | Path, overrides: dict | None = None) -> TeleBoostConfig:
     """Load and validate a YAML config; `overrides` is a nested dict merged on top."""
-    text = Path(path).read_text()
-    return parse_config(yaml.safe_load(text) or {}, overrides)
+    return parse_config(_read_yaml(Path(path)), overrides)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config with its `extends: other.yaml` (relative to this file) merged underneath:
+    a variant states only what it changes, so a fix to the base reaches every variant. Mappings
+    merge key by key; lists and scalars replace."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"extends: cycle {' -> '.join(map(str, (*seen, path)))}")
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"extends: {base!r} in {path} names no file ({base_path})")
+    return _deep_merge(_read_yaml(base_path, (*seen, path)), data)
 
 
 def parse_overrides(pairs: list[str]) -> dict:

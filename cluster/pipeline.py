@@ -1,6 +1,6 @@
 """The staged pipeline end to end: pretrain → SFT → GRPO → DPO → eval → report, as Ray jobs.
 
-`python -m cluster.jobs.pipeline --config configs/toy.yaml [--out runs/pipeline]` (what `make
+`python -m cluster.jobs.pipeline --config configs/pipeline.yaml [--out runs/pipeline]` (what `make
 demo` runs) starts its own Ray head on loopback — its own ports and temp dir, so it never
 touches another Ray instance on the machine, and it stops exactly that head at the end — and
 submits every stage to it as a Ray job (the same entry points `ray job submit` runs on a

@@ -1,4 +1,4 @@
-"""`python -m cluster.jobs.pipeline --config configs/toy.yaml [--out runs/pipeline] [--stages sft,grpo]`
+"""`python -m cluster.jobs.pipeline --config configs/pipeline.yaml [--out runs/pipeline] [--stages sft,grpo]`
 
 pretrain → SFT → GRPO → DPO → eval → report, each a Ray job on a private local head (see
 cluster/pipeline.py); a rerun resumes from the last finished stage.

@@ -70,3 +70,29 @@ def test_job_rejects_bad_config_before_starting_anything(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "grpo.group_size" in proc.stderr
+
+
+def test_a_config_extends_another_merging_mappings_and_replacing_lists(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 3\ngrpo: {steps: 7, group_size: 4}\nrewards:\n  critics: [{name: toy_judges}, {name: perceptual}]\n")
+    (tmp_path / "variant.yaml").write_text("extends: base.yaml\ngrpo: {steps: 2}\nrewards:\n  critics: [{name: toy_judges}]\n")
+    config = load_config(tmp_path / "variant.yaml", {"grpo": {"learning_rate": 1e-4}})
+    assert (config.seed, config.grpo.steps, config.grpo.group_size, config.grpo.learning_rate) == (3, 2, 4, 1e-4)
+    assert [critic.name for critic in config.rewards.critics] == ["toy_judges"]
+
+
+def test_extends_names_a_missing_file_or_a_cycle_clearly(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="extends: 'nowhere.yaml' in .*a.yaml names no file"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(ConfigError, match="extends: cycle .*b.yaml -> .*c.yaml -> .*b.yaml"):
+        load_config(tmp_path / "b.yaml")
+
+
+def test_the_demo_config_is_the_toy_world_with_every_stage_two_extension_on():
+    toy, demo = load_config(ROOT / "configs/toy.yaml"), load_config(ROOT / "configs/pipeline.yaml")
+    assert demo.policy == toy.policy and demo.sft == toy.sft and demo.clip == toy.clip
+    grpo = demo.grpo
+    assert grpo.joint_reward.mode == "min_norm" and grpo.bpgo.enabled and grpo.vipo.lam > 0 and grpo.self_paced.enabled
+    assert set(grpo.self_paced.reward_phases) == set(demo.rewards.components) > set(toy.rewards.components)
