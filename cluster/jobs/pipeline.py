@@ -31,8 +31,11 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"Rerun the same command to resume from the failed stage (finished stages are kept in {args.out}).")
         raise SystemExit(1) from None
     total = time.monotonic() - started
-    console.print("stage seconds: " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items())
-                  + f"; total {total:.0f} s")
+    if timings:
+        console.print("stage seconds: " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in timings.items())
+                      + f"; total {total:.0f} s")
+    else:
+        console.print(f"every stage was done earlier; delete a stage's DONE.json under {args.out} to rerun it")
     console.print(f"[bold green]report: {args.out}/report/index.html[/bold green]")
 
 
