@@ -4,7 +4,7 @@
                               [--resume] [--legacy]
 
 Every arm is a real GRPO run of the driver (cluster/grpo.py) on ONE local Ray cluster, started
-once, from the pretrained base model (runs/base/tiny); all arms of an ablation share the seeds
+once, from the shipped base model (assets/toy_base); all arms of an ablation share the seeds
 (hence the prompts, the step-1 rollouts and every sampling seed) and the step budget, and differ
 only in the switch under test. Reported: mean ± sample std over seeds per arm, and the paired
 difference (method − baseline, same seed), in `<out>/results.md`, with the curves in
@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_MODEL = ROOT / "runs" / "base" / "tiny"
+BASE_MODEL = ROOT / "assets" / "toy_base"  # shipped; the same weights as the runs/base/tiny the earlier tables used
 
 # Written out so an edit of configs/toy.yaml cannot move this benchmark. lr 3e-4 as in toy.yaml; clip
 # 1e-3 and no KL term (toy.yaml's earlier values): toy.yaml now uses clip 1e-2 + KL 0.01 for 40-step
