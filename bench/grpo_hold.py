@@ -41,7 +41,6 @@ import argparse
 import json
 import logging
 import math
-import statistics
 import time
 from pathlib import Path
 
@@ -206,12 +205,28 @@ def run_seed(config, shuffle_rewards: bool, resume: bool, eval_videos: int = 0) 
 # Report
 
 
-def plot(runs: dict[int, list[dict]], path: Path, title: str) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (benches run headless)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot(runs: dict[int, list[dict]], path: Path, title: str) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, (seed, records) in zip(colours, runs.items()):
@@ -235,20 +250,12 @@ def plot(runs: dict[int, list[dict]], path: Path, title: str) -> None:
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def plot_runs(runs: dict[str, list[dict]], path: Path, keys: tuple[str, ...], title: str) -> None:
     """One panel per record key, one line per labelled run (the diagnosis figures)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key in zip(axes[0], keys):
@@ -260,22 +267,14 @@ def plot_runs(runs: dict[str, list[dict]], path: Path, keys: tuple[str, ...], ti
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def plot_arms(arms: dict[str, dict[int, list[dict]]], path: Path, title: str) -> None:
     """Arms (label → {seed: records}) side by side: one column per seed; rows: the fixed-seed evals
     (eval_large solid, the driver's eval_reward dotted, the band 10 % below eval_large's running
     best), and the velocity's deviation from the reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     seeds = sorted({seed for runs in arms.values() for seed in runs})
     fig, axes = plt.subplots(2, len(seeds), figsize=(5.0 * len(seeds), 6.4), squeeze=False, sharex=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -302,11 +301,7 @@ def plot_arms(arms: dict[str, dict[int, list[dict]]], path: Path, title: str) ->
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
         top.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def report_lines(runs: dict[int, list[dict]], command: str) -> list[str]:

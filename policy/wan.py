@@ -364,7 +364,8 @@ def load_policy(config: "PolicyConfig", seed: int = 0, device: torch.device | st
     # Every random initialisation here (a motion branch or LoRA adapters on pretrained weights,
     # which load without touching the RNG) is drawn under `seed`: every process and every rerun
     # builds the same model, and the caller's RNG is left as it was.
-    with torch.random.fork_rng(devices=[]):
+    accelerators = [torch.device(device)] if torch.device(device).type == "cuda" else []  # LoRA inits there
+    with torch.random.fork_rng(devices=accelerators):
         torch.manual_seed(seed)
         policy = build_policy(
             config.preset, config.model_path, config.dtype, seed,

@@ -72,13 +72,12 @@ class GRPOObjective:
             last = position == len(train_steps) - 1
             with ctx.no_sync() if not last else nullcontext():
                 (terms.loss * scale / len(train_steps)).backward()
-            values = (terms.loss, terms.kl, terms.clip_fraction, terms.ratio_mean, terms.policy_loss,
-                      extra["log_ratio_abs"], extra["velocity_deviation"])
-            for key, value in zip(sums, values):
-                sums[key] += float(value) / len(train_steps)
+            values = [t.item() for t in (terms.loss, terms.kl, terms.clip_fraction, terms.ratio_mean, terms.policy_loss)]
+            for key, value in zip(sums, [*values, extra["log_ratio_abs"], extra["velocity_deviation"]]):
+                sums[key] += value / len(train_steps)
         return sums
 
-    def _step_terms(self, ctx, batch, maps, index, j) -> SurrogateTerms:
+    def _step_terms(self, ctx, batch, maps, index, j) -> tuple[SurrogateTerms, dict[str, float]]:
         device = ctx.device
         trajectories = batch.trajectories
         x = trajectories.latents[index, j].to(device)
