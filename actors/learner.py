@@ -15,6 +15,14 @@ so rank 0 alone ships weights and checkpoints.
 The reference for a KL term is the same transformer with its LoRA adapters disabled when the
 policy trains LoRA (no second copy in memory), else a frozen copy made at start.
 
+Weight averaging: with `OptimizerSpec.ema_decay` the learner keeps an exponential moving
+average of its trainable parameters (diffusers' `EMAModel`, on the same device, offloaded with
+them), stepped once per stage step. What leaves the learner as *the stage's result* is the
+average — a checkpoint's `policy` weights (what the next stage's `init_from` loads), the
+objective's own evaluation, and `get_weights(averaged=True)` for a driver's evaluation — while
+the rollouts sample with the online weights, so GRPO's ratio and KL stay on-policy. The online
+weights and the average's state travel in the checkpoint's learner state, so a resume is exact.
+
 Limits: DDP replicates the trainable parameters, their gradients and optimizer state on every
 rank — enough for LoRA and for full fine-tuning of models that fit one accelerator (Wan2.1-1.3B);
 a 14B full fine-tune needs sharding (FSDP), which is not built. DDP's gradient buckets stay on
@@ -26,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 import socket
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +43,7 @@ import torch.distributed as dist
 from actors.device import assigned_device, tensor_devices
 from actors.faults import CrashOnRequest
 from actors.offload import Offloader, PhaseMember
+from diffusers.training_utils import EMAModel
 from policy.wan import adapters_disabled, load_policy, trainable_state
 
 
@@ -43,6 +52,12 @@ class OptimizerSpec:
     learning_rate: float
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    ema_decay: float | None = None  # a weight average of the trainable parameters (see the module docstring)
+
+    @classmethod
+    def of(cls, stage) -> "OptimizerSpec":
+        """From a stage's config section (its learning_rate, max_grad_norm, ema_decay)."""
+        return cls(stage.learning_rate, max_grad_norm=stage.max_grad_norm, ema_decay=stage.ema_decay)
 
 
 class Learner(PhaseMember, CrashOnRequest):
@@ -61,8 +76,16 @@ class Learner(PhaseMember, CrashOnRequest):
             self.reference = copy.deepcopy(self.policy.transformer).requires_grad_(False).eval()
         self.optimizer_spec = optimizer
         self.optimizer = torch.optim.AdamW(self.params, lr=optimizer.learning_rate, weight_decay=optimizer.weight_decay)
+        # diffusers' default warm-up, decay_t = min(decay, (1 + t) / (10 + t)): early steps are not frozen at θ₀
+        # a constant decay (min_decay = decay: no warm-up ramp, whose first ~20 steps barely average), the first
+        # update copied; kept in fp32 whatever the weights' dtype: a (1 − decay)-sized step toward bf16 weights rounds away
+        self.ema = (EMAModel(self.params, decay=optimizer.ema_decay, min_decay=optimizer.ema_decay, foreach=True)
+                    if optimizer.ema_decay else None)
+        if self.ema is not None:
+            self.ema.to(self.device, dtype=torch.float32)
         self.offloader = Offloader(self.device).manage(self.policy.transformer, self.policy.vae,
-                                                       getattr(self.policy, "motion_branch", None), self.reference, self.optimizer)
+                                                       getattr(self.policy, "motion_branch", None), self.reference, self.optimizer,
+                                                       self.ema)
         trained_module = getattr(objective, "trained_module", None)
         # what DDP wraps and objectives call: the transformer, or the stage's own forward module
         self.model: torch.nn.Module = trained_module(self.policy) if trained_module else self.policy.transformer
@@ -133,6 +156,8 @@ class Learner(PhaseMember, CrashOnRequest):
             for key, value in {**stats, "grad_norm": grad_norm}.items():
                 totals[key] = totals.get(key, 0.0) + value
         totals.setdefault("grad_norm", 0.0)
+        if self.ema is not None and updates:
+            self.ema.step(self.params)
         self.policy.transformer.eval()
         self.version += 1
         metrics = {key: value / max(updates, 1) for key, value in totals.items()}
@@ -147,9 +172,25 @@ class Learner(PhaseMember, CrashOnRequest):
         return bool(flag.item())
 
     def evaluate(self, **options) -> dict[str, float]:
-        """The objective's own evaluation (e.g. DPO's held-out implicit accuracy), without gradients."""
+        """The objective's own evaluation (e.g. DPO's held-out implicit accuracy), without
+        gradients, of the stage's result (the weight average when there is one)."""
         self.policy.transformer.eval()
-        return self.objective.evaluate(self, **options)
+        with self.averaged_weights():
+            return self.objective.evaluate(self, **options)
+
+    @contextmanager
+    def averaged_weights(self):
+        """The weight average in place of the online parameters for the duration (nothing
+        without one); the online values are restored after, bit for bit."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
 
     def refresh_reference(self) -> int:
         """Online DPO: the reference becomes the current policy (a frozen copy, never the adapters'
@@ -160,19 +201,33 @@ class Learner(PhaseMember, CrashOnRequest):
         return self.version
 
     # -- weights, state, phases -------------------------------------------------------------
-    def get_weights(self) -> tuple[dict[str, torch.Tensor], int]:
+    def get_weights(self, averaged: bool = False) -> tuple[dict[str, torch.Tensor], int]:
         """(host copies of the trainable weights, version); call with `num_returns=2` so the
-        weights stay in the object store."""
+        weights stay in the object store. `averaged`: the weight average, under the version's
+        negative, so a rollout actor can never take it for the online weights of that version."""
+        if averaged and self.ema is not None:
+            with self.averaged_weights():
+                return trainable_state(self.policy), -self.version
         return trainable_state(self.policy), self.version
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """(trainable weights, optimizer state + version) on the host, for a checkpoint."""
-        optimizer_state = _to_host(self.optimizer.state_dict())
-        return trainable_state(self.policy), {"optimizer": optimizer_state, "version": self.version}
+        """(the stage's result: the trainable weights, averaged when averaging; optimizer state,
+        version and — when averaging — the online weights and the average's state) on the host."""
+        extra = {"optimizer": _to_host(self.optimizer.state_dict()), "version": self.version}
+        if self.ema is None:
+            return trainable_state(self.policy), extra
+        extra.update(online=trainable_state(self.policy), ema=_to_host(self.ema.state_dict()))
+        with self.averaged_weights():
+            return trainable_state(self.policy), extra
 
     def load_state(self, weights: dict[str, torch.Tensor], extra: dict) -> int:
-        self.policy.load_state_dict(weights, strict=False)
+        self.policy.load_state_dict(extra.get("online", weights), strict=False)
         self.optimizer.load_state_dict(extra["optimizer"])  # moves state to each parameter's device
+        if self.ema is not None:
+            if "ema" not in extra:
+                raise ValueError("this learner averages its weights (ema_decay) but the checkpoint holds no average")
+            self.ema.load_state_dict(extra["ema"])
+            self.ema.to(self.device, dtype=torch.float32)
         self.version = extra["version"]
         return self.version
 

@@ -25,18 +25,22 @@ class Offloader:
         self.host = torch.device("cpu")
         self.modules: list[nn.Module] = []
         self.optimizers: list[torch.optim.Optimizer] = []
+        self.averages: list = []  # weight averages with `shadow_params` (diffusers' EMAModel)
         self.awake = True
 
-    def manage(self, *items: nn.Module | torch.optim.Optimizer | None) -> "Offloader":
+    def manage(self, *items) -> "Offloader":
+        """Modules, optimizers (their state) and weight averages (their shadow parameters); None is skipped."""
         for item in items:
             if isinstance(item, torch.optim.Optimizer):
                 self.optimizers.append(item)
+            elif hasattr(item, "shadow_params"):
+                self.averages.append(item)
             elif item is not None:
                 self.modules.append(item)
         return self
 
     def tensors(self) -> Iterator[torch.Tensor]:
-        """Every managed tensor once: parameters, buffers, then optimizer state."""
+        """Every managed tensor once: parameters, buffers, optimizer state, then weight averages."""
         seen: set[int] = set()
         for module in self.modules:
             for tensor in [*module.parameters(), *module.buffers()]:
@@ -49,6 +53,11 @@ class Offloader:
                     if torch.is_tensor(value) and id(value) not in seen:
                         seen.add(id(value))
                         yield value
+        for average in self.averages:
+            for tensor in average.shadow_params:
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    yield tensor
 
     def managed_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

@@ -119,8 +119,10 @@ def make_driver(config, shuffle_rewards: bool = False, eval_videos: int = 0):
 
             self.metrics.write = write_with_evals
 
-        def sync_weights(self, role: str = "rollout") -> int:
-            version = super().sync_weights(role)
+        def sync_weights(self, role: str = "rollout", averaged: bool = False) -> int:
+            version = super().sync_weights(role, averaged)
+            if averaged:  # the diagnostics follow the online weights
+                return version
             weights = flat_weights(ray.get(self.learners.weights()[0]))
             history = self.weights_history
             history.append(weights)
@@ -167,7 +169,8 @@ def make_driver(config, shuffle_rewards: bool = False, eval_videos: int = 0):
             if eval_videos:  # the larger fixed-seed eval: its own noise seed, eval_videos per prompt
                 timeline = PhaseTimeline(self.pool.all_bundles())
                 shards = self.shard(self.prompt_pool)
-                video_refs, _ = self.sample(timeline, shards, "eval_large", eval_videos)
+                with self.averaged_rollouts():
+                    video_refs, _ = self.sample(timeline, shards, "eval_large", eval_videos)
                 components, _ = component_rewards(self.score(timeline, video_refs, shards, eval_videos), self.config.rewards)
                 self.diagnostics["eval_large"] = (sum(components.values()) / len(components)).nanmean().item()
             return value

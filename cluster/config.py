@@ -26,6 +26,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def ema_decay_field():
+    """Every stage's `ema_decay` (one definition, one description)."""
+    return Field(None, gt=0, lt=1, description=(
+        "keep an exponential moving average of the trained weights (a constant decay per stage step: an average over "
+        "about 1/(1-decay) steps, from the first update on); the average is the stage's result: checkpoints' policy weights, evaluations, "
+        "the next stage's init_from. Rollouts still sample with the online weights. None: no average"))
+
+
 def known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
     unknown = [kind for kind in kinds if kind not in KINDS]
     if not kinds or unknown:
@@ -225,6 +233,7 @@ class SFTConfig(Section):
     batch_size: int = Field(8, ge=1, description="clips per learner and step")
     learning_rate: float = Field(1e-4, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    ema_decay: float | None = ema_decay_field()
     checkpoint_every: int = Field(20, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     structure: SFTStructureConfig = SFTStructureConfig()
@@ -276,6 +285,7 @@ class DPOConfig(Section):
     batch_size: int = Field(4, ge=1, description="pairs per learner and step")
     learning_rate: float = Field(1e-5, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
+    ema_decay: float | None = ema_decay_field()
     mode: Literal["standard", "decoupled", "sequential"] = Field(
         "sequential", description="backward schedule: same gradients; sequential never holds both branches' "
         "graphs (bench/dpo_memory.py: the only one that lowers peak memory)")
@@ -334,6 +344,7 @@ class GRPOConfig(Section):
         None, ge=1, description="optimizer steps per inner epoch (each learner splits its shard into this many "
         "minibatches); None: one per prompt group of the smallest learner shard")
     max_grad_norm: float = Field(1.0, gt=0)
+    ema_decay: float | None = ema_decay_field()
     checkpoint_every: int = Field(10, ge=1)
     eval_every: int = Field(5, ge=0, description="fixed-seed evaluation on the prompt pool every K steps (0 = off)")
     keep_checkpoints: int = Field(3, ge=1)

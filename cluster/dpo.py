@@ -67,8 +67,7 @@ class DPODriver(GroupPhases, StageRuntime):
             self.rollouts = self.place("rollout", RolloutActor, cfg.policy, cfg.sampling, cfg.clip, cfg.seed,
                                        bundles=self.pool.main_bundles())
             self.place_reward_role()
-        self.place_learners(dpo_objective(cfg, str(self.pairs_root)),
-                            OptimizerSpec(cfg.dpo.learning_rate, max_grad_norm=cfg.dpo.max_grad_norm))
+        self.place_learners(dpo_objective(cfg, str(self.pairs_root)), OptimizerSpec.of(cfg.dpo))
         state = self.restore()
         self.start_step = state["step"] if state else 0
         self.version = self.sync_weights()

@@ -6,8 +6,9 @@ level 0), so a difference between two stages comes from their weights alone. Per
 records, as mean and 95 % t-interval over the seeds (`evaluation.vbench.summarize`):
 - the VBench-style dimensions and the toy world's verifiable judges (`evaluation.vbench`);
 - each stage's target metric (`target_metrics`): SFT's reward on instruction / control prompts
-  and background warp error on camera prompts (report §2.2-2.3), GRPO's reward on the object
-  prompts it trains on, DPO's temporal ones — the motion critic's time direction and frozen
+  and background warp error on camera prompts (report §2.2-2.3), GRPO's own reward (`grpo_reward`:
+  the mean of the config's `rewards.components`, from the critics it trained against, on prompts
+  it never trained on) and the toy judges' reward on object prompts, DPO's temporal ones — the motion critic's time direction and frozen
   frames (report §4.2's reversed and frozen negatives);
 and automatic GSB (`evaluation.judge.AutoJudge`, report Table 1) of the final model against the
 base and of each stage against the one before, plus GIFs of every (prompt, seed) per stage.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from actors.reward import RewardActor
 from algorithms.sft import background_warp_error, estimate_global_shift
 from cluster.prompts import load_prompts
 from evaluation.gsb import GSBCounts
@@ -33,6 +35,7 @@ from evaluation.vbench import evaluate_videos, summarize
 from policy.sampling import sample_trajectories
 from policy.wan import load_policy, sampling_sigmas
 from reward_services.base import build_critic
+from reward_services.config import component_rewards
 from toyworld.prompts import parse
 from toyworld.world import INSTRUCTION_KINDS
 
@@ -82,6 +85,7 @@ def evaluate_pipeline(config, stage_dirs: dict[str, str | None], out_dir: str | 
     eval_config = config.model_copy(update={"world": config.world.model_copy(update={"kinds": cfg.kinds})})
     prompts = load_prompts(eval_config, cfg.prompts, seed=config.seed, split="held_out")
     judge, motion_critic = AutoJudge(tie_margin=cfg.tie_margin), build_critic("motion")
+    rewarder = RewardActor(config.rewards)  # GRPO's own reward components, the critics it trained against
     metrics, clips, videos_by_stage = {}, {}, {}
     for stage, policy in stage_policies(config, stage_dirs):
         per_seed = [sample_videos(policy, prompts, seed, config) for seed in cfg.seeds]
@@ -89,7 +93,9 @@ def evaluate_pipeline(config, stage_dirs: dict[str, str | None], out_dir: str | 
         values: dict[str, list[torch.Tensor]] = {}
         for videos in per_seed:
             reward = judge.critic_scores(videos, prompts)["toy_judges.overall"]
-            scores = {**evaluate_videos(videos, prompts), "reward": reward, **target_metrics(videos, prompts, reward, motion_critic)}
+            components, _ = component_rewards(rewarder.score(videos, prompts), config.rewards)
+            scores = {**evaluate_videos(videos, prompts), "reward": reward, **target_metrics(videos, prompts, reward, motion_critic),
+                      "grpo_reward": sum(components.values()) / len(components)}
             for name, value in scores.items():
                 values.setdefault(name, []).append(value.float())
         metrics[stage] = {name: summarize(torch.stack(per)) for name, per in values.items()}

@@ -69,7 +69,7 @@ class GRPODriver(GroupPhases, StageRuntime):
         self.rollouts = self.place("rollout", RolloutActor, cfg.policy, cfg.sampling, cfg.clip, cfg.seed,
                                    cfg.grpo.vipo.lam > 0, bundles=self.pool.main_bundles())
         self.place_reward_role()
-        self.place_learners(grpo_objective(cfg.grpo), OptimizerSpec(cfg.grpo.learning_rate, max_grad_norm=cfg.grpo.max_grad_norm))
+        self.place_learners(grpo_objective(cfg.grpo), OptimizerSpec.of(cfg.grpo))
         self.prompt_pool = load_prompts(cfg, cfg.grpo.prompt_pool, seed=cfg.seed)
         self.estimator = AdvantageEstimator(cfg)
         state = self.restore()
@@ -152,10 +152,12 @@ class GRPODriver(GroupPhases, StageRuntime):
 
     def evaluate_fixed(self) -> float:
         """Mean reward on the whole prompt pool with the SAME noise every time, so that changes
-        come from the weights alone (the per-step reward also varies with which prompts were drawn)."""
+        come from the weights alone (the per-step reward also varies with which prompts were
+        drawn); of the stage's result — the weight average with `grpo.ema_decay`."""
         timeline = PhaseTimeline(self.pool.all_bundles())
         shards = self.shard(self.prompt_pool)
-        video_refs, _ = self.sample(timeline, shards, "eval", self.config.grpo.group_size)
+        with self.averaged_rollouts():
+            video_refs, _ = self.sample(timeline, shards, "eval", self.config.grpo.group_size)  # returns once sampled
         rewards, _, _ = self.evaluate(timeline, video_refs, shards)
         return (sum(rewards.values()) / len(rewards)).nanmean().item()
 

@@ -7,7 +7,9 @@
   other role release its accelerator memory, records the phase on the step's timeline, and when
   an actor dies mid-phase waits for Ray's restart, re-ships the weights and redoes the WHOLE
   phase with the same seeds (its results replace, never add to, the lost ones);
-- weight sync from the learners' rank 0 to every actor that samples (`sync_weights`);
+- weight sync from the learners' rank 0 to every actor that samples (`sync_weights`), and, when
+  the stage averages its weights (`ema_decay`), the average on them for an evaluation
+  (`averaged_rollouts`);
 - atomic checksummed checkpoints of the learners and the stage's own state, and `--resume`
   (`save`, `restore`);
 - `metrics.jsonl` and `timeline.jsonl`, with each role's accelerator memory while idle next to
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -74,9 +77,9 @@ class LearnerGroup:
             merged[key] = metrics[0][key]
         return merged
 
-    def weights(self):
+    def weights(self, averaged: bool = False):
         """(weights ref, version ref) from rank 0; the weights stay in the object store."""
-        return self.rank0.get_weights.options(num_returns=2).remote()
+        return self.rank0.get_weights.options(num_returns=2).remote(averaged)
 
     def state(self):
         return ray.get(self.rank0.state.remote())
@@ -171,7 +174,7 @@ class StageRuntime:
                 log.warning("phase %s: an actor died (%s); redoing the phase (attempt %d)",
                             phase, type(err).__name__, attempt + 1)
                 self.wait_alive(restartable)
-                self.version = self.sync_weights()
+                self.version = self.sync_weights(averaged=self.version < 0)  # what the rollouts held before
 
     def learner_step(self, timeline: PhaseTimeline, step: int, batch_size: int) -> dict[str, float]:
         """The update phase of stages whose learners draw their own data (SFT's clips, DPO's
@@ -196,9 +199,10 @@ class StageRuntime:
                         raise
                     time.sleep(0.5)
 
-    def sync_weights(self, role: str = "rollout") -> int:
-        """Ship rank 0's weights to every `role` actor via the object store; returns the version."""
-        weights_ref, version_ref = self.learners.weights()
+    def sync_weights(self, role: str = "rollout", averaged: bool = False) -> int:
+        """Ship rank 0's weights (`averaged`: their average, under the negative version) to every
+        `role` actor via the object store; returns the version."""
+        weights_ref, version_ref = self.learners.weights(averaged)
         targets = list(self.roles.get(role, {}).values())
         if not targets:
             return ray.get(version_ref)
@@ -206,6 +210,20 @@ class StageRuntime:
         if len(set(versions)) != 1:
             raise RuntimeError(f"{role} actors disagree on the weights version: {versions}")
         return versions[0]
+
+    @contextmanager
+    def averaged_rollouts(self):
+        """The rollout actors hold the learners' weight average for the duration (an evaluation
+        of the stage's result), the online weights again after; nothing without an average."""
+        stage = getattr(self.config, self.stage)
+        if not stage.ema_decay:
+            yield
+            return
+        self.version = self.sync_weights(averaged=True)
+        try:
+            yield
+        finally:
+            self.version = self.sync_weights()
 
     # -- state ------------------------------------------------------------------------------
     def restore(self) -> dict | None:

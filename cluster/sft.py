@@ -48,7 +48,7 @@ class SFTDriver(StageRuntime):
     def setup(self) -> None:
         self.start()
         cfg = self.config.sft
-        self.place_learners(sft_objective(self.config), OptimizerSpec(cfg.learning_rate, max_grad_norm=cfg.max_grad_norm))
+        self.place_learners(sft_objective(self.config), OptimizerSpec.of(cfg))
         state = self.restore()
         self.start_step = state["step"] if state else 0
 

@@ -1,6 +1,8 @@
 """The generic learner: exact first-step ratio in every precision, and data parallelism that
 changes nothing but the speed."""
 
+import copy
+
 import pytest
 import ray
 import torch
@@ -86,3 +88,43 @@ def test_two_learners_on_two_shards_update_like_one_learner_on_the_whole_batch(r
     assert worst < 1e-3 * moved and worst < 1e-6, (worst, moved)
     for handle in handles.values():
         ray.kill(handle)
+
+
+def test_weight_average_is_the_result_and_the_online_weights_stay_exact():
+    """`ema_decay`: a constant-decay average of the weights after each update (the first update
+    copied), in fp32 on the learner's device and offloaded with it; handed out as the stage's
+    result (checkpoint weights, averaged get_weights under the negative version) while the online
+    weights come back bit for bit, and a learner restored from its state continues identically."""
+    policy = PolicyConfig()
+    trajectories = rollouts(policy)
+    objective = GRPOObjective(group_size=4, clip_range=0.2, timestep_fraction=1.0, num_minibatches=1)
+    advantages = torch.tensor([[1.0, -1.0, 0.5, -0.5]])
+    batch = (trajectories, advantages, torch.ones(1), advantages[0])
+    learner = Learner(policy, OptimizerSpec(1e-2, ema_decay=0.75), objective)
+    assert {t.dtype for t in learner.ema.shadow_params} == {torch.float32}
+    shadow_ids = {id(t) for t in learner.ema.shadow_params}
+    assert shadow_ids <= {id(t) for t in learner.offloader.tensors()}  # released with the rest
+    online = []
+    for step in range(3):
+        learner.update(step, [4], *batch)
+        online.append(learner.get_weights()[0])
+    averaged, version = learner.get_weights(averaged=True)
+    assert version == -3
+    for name, value in averaged.items():
+        expected = 0.75 * (0.75 * online[0][name] + 0.25 * online[1][name]) + 0.25 * online[2][name]
+        assert torch.allclose(value, expected, atol=1e-7), name
+    assert not all(torch.equal(averaged[name], online[2][name]) for name in averaged)
+    now, version = learner.get_weights()
+    assert version == 3 and all(torch.equal(now[name], online[2][name]) for name in now)  # restored exactly
+
+    weights, extra = learner.state()
+    assert all(torch.equal(weights[name], averaged[name]) for name in weights)  # the checkpoint's policy = the average
+    restored = Learner(policy, OptimizerSpec(1e-2, ema_decay=0.75), objective)
+    restored.load_state(weights, copy.deepcopy(extra))  # as through a checkpoint file: on CPU, state() aliases the optimizer's tensors
+    for twin in (learner, restored):
+        twin.update(3, [4], *batch)
+    for averaged_too in (False, True):
+        a, b = learner.get_weights(averaged_too)[0], restored.get_weights(averaged_too)[0]
+        assert all(torch.equal(a[name], b[name]) for name in a)
+    with pytest.raises(ValueError, match="no average"):
+        Learner(policy, OptimizerSpec(1e-2, ema_decay=0.75), objective).load_state(*Learner(policy, OptimizerSpec(1e-2), objective).state())
