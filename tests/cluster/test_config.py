@@ -92,7 +92,10 @@ def test_extends_names_a_missing_file_or_a_cycle_clearly(tmp_path):
 
 def test_the_demo_config_is_the_toy_world_with_every_stage_two_extension_on():
     toy, demo = load_config(ROOT / "configs/toy.yaml"), load_config(ROOT / "configs/pipeline.yaml")
-    assert demo.policy == toy.policy and demo.sft == toy.sft and demo.clip == toy.clip
+    assert demo.policy == toy.policy and demo.clip == toy.clip
+    assert demo.sft == toy.sft.model_copy(update={"steps": 320, "checkpoint_every": 80})  # only longer
+    assert set(demo.world.kinds) == set(demo.eval.kinds)  # GRPO trains on the kinds the evaluation asks about
+    assert demo.grpo.ema_decay and demo.grpo.kl_target_deviation  # what holds GRPO's gains (issue 11)
     grpo = demo.grpo
     assert grpo.joint_reward.mode == "min_norm" and grpo.bpgo.enabled and grpo.vipo.lam > 0 and grpo.self_paced.enabled
     assert set(grpo.self_paced.reward_phases) == set(demo.rewards.components) > set(toy.rewards.components)

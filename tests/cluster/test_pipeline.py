@@ -48,7 +48,7 @@ def test_every_stage_runs_as_a_job_and_a_failed_stage_stops_with_its_log(tmp_pat
     assert results.stages == ["base", "sft", "grpo", "dpo"] and set(results.gsb) >= {"dpo_vs_base", "sft_vs_base"}
     assert all((out / "eval" / clip).exists() for clip in results.clips["dpo"])
     for stage in results.stages:  # GRPO's own reward on held-out prompts: here its one component, the toy judges' overall
-        assert results.metrics[stage]["grpo_reward"]["values"] == pytest.approx(results.metrics[stage]["reward"]["values"])
+        assert results.metrics[stage]["grpo_reward"].values == pytest.approx(results.metrics[stage]["reward"].values)
     dpo_records = [json.loads(line) for line in (out / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in dpo_records if "loss" in r] == [1, 2]
     assert (out / "report" / "index.html").stat().st_size > 0
