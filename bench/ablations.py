@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
         ray.shutdown()
     total_seconds = time.perf_counter() - started
 
-    lines = [f"# Stage II ablations (toy world)", "",
+    lines = ["# Stage II ablations (toy world)", "",
              f"`python -m bench.ablations --seeds {args.seeds} --steps {args.steps} --only {','.join(only)}"
              f"{' --legacy' if args.legacy else ''}{' --resume' if args.resume else ''}`"
              f"{' (--quick)' if args.quick else ''}: {args.seeds} seed(s) x {args.steps} GRPO steps per arm, "
