@@ -7,7 +7,8 @@ On a GPU: a Wan2.1-T2V-1.3B-shaped transformer (random init, bf16, LoRA, gradien
 checkpointing), the full-size Wan VAE (random init) and a one-layer UMT5 encoder of Wan's 4096
 width, through two GRPO steps of `cluster.grpo.GRPODriver` with `pool.accelerator: GPU` at 17
 frames 240×416 — rollout, reward and learner colocated on the one GPU and multiplexed (every role
-not in the current phase offloads to pinned host memory). `--tiny` swaps in the tiny preset at
+not in the current phase offloads to pinned host memory), with the learner's weight average
+(`grpo.ema_decay`) and a fixed-seed eval that samples it. `--tiny` swaps in the tiny preset at
 5×24×24 and the CPU pool, so this file cannot rot between GPU runs.
 
 Prints seconds per phase, the accelerator memory each role holds while idle next to its peak,
@@ -53,7 +54,8 @@ def smoke_config(tiny: bool, run_dir: str) -> dict:
         },
         "pool": pool,
         "grpo": {"steps": 2, "prompts_per_step": 1, "group_size": 4, "prompt_pool": 2, "learning_rate": 1e-4,
-                 "clip_range": 1e-3, "kl_beta": 0.01, "timestep_fraction": 0.5, "eval_every": 0, "checkpoint_every": 2},
+                 "clip_range": 1e-3, "kl_beta": 0.01, "timestep_fraction": 0.5, "eval_every": 2, "checkpoint_every": 2,
+                 "ema_decay": 0.9},  # the weight average on the device: kept, offloaded, shipped for the eval, checkpointed
     }
 
 
