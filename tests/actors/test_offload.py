@@ -57,3 +57,19 @@ def test_release_moves_everything_to_pinned_host_memory_and_back():
     assert all(t.device.type == "cpu" and t.is_pinned() for t in offloader.tensors())
     assert offloader.wake() == held and offloader.device_bytes() == held
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_a_weight_average_is_released_and_woken_with_its_model():
+    from diffusers.training_utils import EMAModel
+
+    model, optimizer = trained("cuda")
+    average = EMAModel(list(model.parameters()), decay=0.9, foreach=True)
+    shadow = [t.clone() for t in average.shadow_params]
+    offloader = Offloader(torch.device("cuda")).manage(model, optimizer, average)
+    offloader.release()
+    assert all(t.device.type == "cpu" and t.is_pinned() for t in average.shadow_params)
+    offloader.wake()
+    assert all(t.is_cuda and torch.equal(t, s) for t, s in zip(average.shadow_params, shadow))
+    average.step(list(model.parameters()))  # still usable after the round trip
