@@ -76,7 +76,6 @@ class Learner(PhaseMember, CrashOnRequest):
             self.reference = copy.deepcopy(self.policy.transformer).requires_grad_(False).eval()
         self.optimizer_spec = optimizer
         self.optimizer = torch.optim.AdamW(self.params, lr=optimizer.learning_rate, weight_decay=optimizer.weight_decay)
-        # diffusers' default warm-up, decay_t = min(decay, (1 + t) / (10 + t)): early steps are not frozen at θ₀
         # a constant decay (min_decay = decay: no warm-up ramp, whose first ~20 steps barely average), the first
         # update copied; kept in fp32 whatever the weights' dtype: a (1 − decay)-sized step toward bf16 weights rounds away
         self.ema = (EMAModel(self.params, decay=optimizer.ema_decay, min_decay=optimizer.ema_decay, foreach=True)
