@@ -108,6 +108,7 @@ def make_driver(config, shuffle_rewards: bool = False, eval_videos: int = 0):
         def setup(self) -> None:
             self.diagnostics: dict[str, float] = {}
             self.weights_history: list[torch.Tensor] = []
+            self.diagnosed_version: int | None = None
             self.in_eval = False
             self.shuffles = 0
             super().setup()
@@ -121,8 +122,9 @@ def make_driver(config, shuffle_rewards: bool = False, eval_videos: int = 0):
 
         def sync_weights(self, role: str = "rollout", averaged: bool = False) -> int:
             version = super().sync_weights(role, averaged)
-            if averaged:  # the diagnostics follow the online weights
+            if version == self.diagnosed_version or averaged:  # new online weights only, not a re-sync after an eval
                 return version
+            self.diagnosed_version = version
             weights = flat_weights(ray.get(self.learners.weights()[0]))
             history = self.weights_history
             history.append(weights)

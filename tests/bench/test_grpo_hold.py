@@ -1,5 +1,5 @@
 """bench/grpo_hold.py measures what it says: the drop below the running best, the run summary,
-and the diagnostics' formulas, on scripted inputs."""
+and the diagnostics' formulas, on scripted inputs; the instrumented driver on a real tiny run."""
 
 import math
 
@@ -48,3 +48,29 @@ def test_flat_weights_order_is_by_name():
     state = {"b": torch.tensor([3.0]), "a": torch.tensor([[1.0, 2.0]])}
     assert grpo_hold.flat_weights(state).tolist() == [1.0, 2.0, 3.0]
     assert math.isclose(grpo_hold.flat_weights(state).norm().item(), math.sqrt(14))
+
+
+@pytest.mark.slow
+def test_diagnostics_follow_each_update_once_when_the_eval_samples_the_weight_average(ray_cluster, tmp_path):
+    """With grpo.ema_decay the evals ship the average and then the online weights again; that
+    re-sync is not a new update, so `weights/step` (0 for a repeated entry) stays positive."""
+    from bench.grpo_hold import make_driver
+    from cluster.config import parse_config
+
+    config = parse_config({
+        "run_dir": str(tmp_path), "policy": {"model_path": None}, "sampling": {"num_steps": 3},
+        "clip": {"num_frames": 5, "height": 24, "width": 24},
+        "grpo": {"steps": 3, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 2, "learning_rate": 1e-3,
+                 "clip_range": 0.2, "eval_every": 1, "checkpoint_every": 3, "ema_decay": 0.5},
+    })
+    driver = make_driver(config, eval_videos=2)
+    try:
+        driver.setup()
+        driver.train()
+        records = driver.metrics.records()
+    finally:
+        driver.shutdown()
+    steps = [r for r in records if r.get("reward_mean") is not None]
+    assert [r["weights_version"] for r in steps] == [1, 2, 3]  # the online version after every eval
+    assert all(r["weights/step"] > 0 for r in steps)
+    assert all("eval_large" in r for r in records)

@@ -103,3 +103,43 @@ def test_fixed_seed_eval_samples_the_weight_average(ray_cluster, tmp_path):
         driver.shutdown()
     assert [r["step"] for r in records if "eval_reward" in r] == [0, 1, 2]
     assert not torch.equal(averaged_videos, online_videos)  # same noise, different weights
+
+
+def test_all_stage_two_extensions_together(ray_cluster, tmp_path):
+    """ViPO maps, BPGO prior + trust, min-norm joint reward and the curriculum in one real run."""
+    config = parse_config({
+        "run_dir": str(tmp_path / "ext"),
+        "policy": {"model_path": None},
+        "sampling": {"num_steps": 4},
+        "clip": {"num_frames": 5, "height": 24, "width": 24},
+        "rewards": {"critics": [{"name": "toy_judges"}],
+                    "components": {"color": {"score": "toy_judges.color"}, "motion": {"score": "toy_judges.motion"}}},
+        "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "prompt_pool": 2, "clip_range": 0.2, "eval_every": 0,
+                 "joint_reward": {"mode": "min_norm"}, "bpgo": {"ras": True, "crt": True, "prior_groups": 1},
+                 "vipo": {"lam": 0.5, "patch": 4},
+                 "self_paced": {"enabled": True, "reward_phases": {"color": "visual_fidelity", "motion": "semantic_alignment"}}},
+    })
+    records, weights, version, rollout_version, driver = run_driver(config)
+    assert version == rollout_version == 2
+    for record in records:
+        # 2 steps < the curriculum's window of 4: still in phase 1 (visual fidelity), where motion's
+        # weight is 0, and min-norm must respect it (issue 11: it used to give motion c = 0.5)
+        assert record["curriculum/phase_index"] == 0.0
+        assert record["reward_weight/color"] == 1.0 and record["reward_weight/motion"] == 0.0
+        assert record["joint_c/color"] == 1.0 and record["joint_c/motion"] == 0.0
+        assert 0 < record["bpgo/group_weight_min"] <= record["bpgo/group_weight_max"]
+        assert record["update/optimizer_steps"] > 0 and record["update/skipped_updates"] == 0
+    state = __import__("json").loads(sorted((tmp_path / "ext" / "checkpoints").iterdir())[-1].joinpath("state.json").read_text())
+    assert state["advantage_estimator"]["components"] == ["color", "motion"]
+    assert state["advantage_estimator"]["curriculum"]["phase"] == "visual_fidelity"
+
+
+def test_drift_budget_raises_the_kl_coefficient_when_the_policy_drifts(ray_cluster, tmp_path):
+    """grpo.kl_target_deviation (issue 11 item 5): a step whose velocity drifted from the reference
+    by more than 1.5x the budget doubles kl_beta for the next step (never below the configured one)."""
+    records, *_ = run_driver(tiny_config(tmp_path, steps=3, kl_beta=0.01, kl_target_deviation=1e-6))
+    steps = [r for r in records if "reward_mean" in r]
+    assert steps[0]["kl_beta"] == 0.01
+    for before, after in zip(steps, steps[1:]):
+        assert before["update/velocity_deviation"] > 1.5e-6  # a tiny budget: every step overshoots it
+        assert after["kl_beta"] == 2 * before["kl_beta"]
